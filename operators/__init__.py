@@ -1,0 +1,1 @@
+"""gristmill operators: one module per capability; each registers itself by name."""

@@ -1,0 +1,1 @@
+"""gristmill engine: recipe schema and validation, DAG, Ray executor, I/O, stats, CLI."""
