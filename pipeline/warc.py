@@ -397,6 +397,12 @@ def _http_payload(raw: bytes, clen_hint: int):
     error or None)."""
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
+    hend = raw.find(b"\r\n\r\n")
+    if hend > 0 and b"application/http" not in raw[:hend].lower() and raw.startswith(b"HTTP/", hend + 4):
+        # some writers omit (or mislabel) the WARC Content-Type of responses; fastwarc parses the
+        # HTTP head only when it says application/http
+        nl = raw.find(b"\n")
+        raw = raw[:nl + 1] + b"Content-Type: application/http; msgtype=response\r\n" + raw[nl + 1:]
     try:
         it = ArchiveIterator(io.BytesIO(raw), record_types=WarcRecordType.any_type,
                              parse_http=True, auto_decode="all")
