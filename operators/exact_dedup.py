@@ -1,0 +1,69 @@
+"""exact_dedup: remove documents whose normalized text equals another document's."""
+from __future__ import annotations
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from operators.base import DROP_REASON, Operator, Params, Resources, register, set_column
+
+KEYS = ["_xh1", "_xh2"]
+
+
+class ExactDedupParams(Params):
+    lowercase: bool = Field(True, description="compare case-insensitively")
+    collapse_whitespace: bool = Field(True, description="treat any run of whitespace as one space")
+
+
+def text_hashes(batch: pa.Table, lowercase: bool, collapse: bool) -> pa.Table:
+    """(id, _xh1, _xh2): 128 bits of hash of the normalized text, vectorized over the batch."""
+    text = pc.fill_null(batch.column("text"), "")
+    if lowercase:
+        text = pc.utf8_lower(text)
+    if collapse:
+        text = pc.utf8_trim_whitespace(pc.replace_substring_regex(text, r"\s+", " "))
+    s = pl.Series(text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text)
+    return pa.table({"id": batch.column("id"), KEYS[0]: s.hash(seed=11).to_arrow(),
+                     KEYS[1]: s.hash(seed=977).to_arrow()})
+
+
+def duplicates_in_partition(keys: pa.Table) -> pa.Table:
+    """Rows of one hash partition -> (id, dup_of) for every row that is not its group's keeper.
+    The keeper is the smallest id of the group, so the choice does not depend on order."""
+    df = pl.from_arrow(keys)
+    keep = df.group_by(KEYS).agg(pl.col("id").min().alias("dup_of"), pl.len().alias("n")).filter(pl.col("n") > 1)
+    out = df.join(keep, on=KEYS).filter(pl.col("id") != pl.col("dup_of")).select("id", "dup_of")
+    return out.to_arrow().cast(pa.schema([("id", pa.string()), ("dup_of", pa.string())]))
+
+
+@register
+class ExactDedup(Operator):
+    """Keep one document per normalized text (the smallest id); the others get drop_reason
+    `exact_dedup:duplicate` and `dup_of` = the kept id. Global: one shuffle of (hash, id) only,
+    then a join back, so no full-text shuffle and no driver-side index."""
+
+    name = "exact_dedup"
+    kind = "global"
+    Params = ExactDedupParams
+    needs = frozenset({"id", "text"})
+    adds = frozenset({"dup_of"})
+    resources = Resources(num_cpus=1, batch_size=4096)
+
+    def run(self, ds, ctx):
+        p = self.params
+        n = ctx.num_partitions()
+        keys = ds.map_batches(text_hashes, fn_args=(p.lowercase, p.collapse_whitespace),
+                              batch_format="pyarrow", batch_size=self.resources.batch_size)
+        dups = keys.repartition(n, keys=KEYS).map_batches(duplicates_in_partition, batch_format="pyarrow",
+                                                         batch_size=None)
+        joined = ds.join(dups, join_type="left_outer", num_partitions=n, on=("id",))
+        return joined.map_batches(_mark, batch_format="pyarrow")
+
+
+def _mark(batch: pa.Table) -> pa.Table:
+    dup = pc.is_valid(batch.column("dup_of"))
+    reason = pc.if_else(dup, pa.scalar("exact_dedup:duplicate"), pa.scalar(None, pa.string()))
+    if DROP_REASON in batch.column_names:
+        reason = pc.coalesce(batch.column(DROP_REASON), reason)
+    return set_column(batch, DROP_REASON, reason)

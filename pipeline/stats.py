@@ -1,0 +1,99 @@
+"""Per-step accounting, read from what the workers wrote.
+
+Every batch a step handles leaves one ledger record under `_ledger/<step>/<key>.json` (written by
+the worker that held the batch, next to the rejected rows it wrote). The driver only sums
+these files once a segment is done, so no counter lives in the driver and the invariant
+docs_in = docs_out + docs_dropped is checked against data that was actually written.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+from operators.base import DROP_REASON
+
+LEDGER = "_ledger"
+STATS = "_stats"
+
+
+def reason_category(reason: str) -> str:
+    """'input:invalid_json at line 5 of a.jsonl' -> 'input:invalid_json' (details stay in the rows)."""
+    return reason.split(" ", 1)[0]
+
+
+def batch_key(ids) -> str:
+    """Deterministic name for a batch's files: a hash of its ids, so a rerun overwrites."""
+    arr = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    if len(arr) == 0:
+        return "empty"
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(arr)], pa.int32()), arr.cast(pa.string())), "\n")
+    return f"{xxhash.xxh3_64_hexdigest(joined[0].as_py().encode())}-{len(arr)}"
+
+
+def ledger_record(docs_in: int, bytes_in: int, kept: pa.Table, rejected: pa.Table | None,
+                  busy_s: float) -> dict:
+    from pipeline.io import text_bytes
+
+    dropped: Counter = Counter()
+    if rejected is not None and rejected.num_rows:
+        for r in rejected.column(DROP_REASON).to_pylist():
+            dropped[reason_category(r)] += 1
+    return {"docs_in": docs_in, "docs_out": kept.num_rows, "bytes_in": bytes_in,
+            "bytes_out": text_bytes(kept), "dropped": dict(dropped), "busy_s": round(busy_s, 6)}
+
+
+def collect(store, step_id: str) -> dict:
+    """Sum the ledger records of one step."""
+    total = {"docs_in": 0, "docs_out": 0, "bytes_in": 0, "bytes_out": 0, "busy_s": 0.0, "batches": 0}
+    dropped: Counter = Counter()
+    for path in store.list(f"{LEDGER}/{step_id}", ".json"):
+        rel = path[len(store.root) + 1:]
+        rec = store.read_json(rel)
+        for k in ("docs_in", "docs_out", "bytes_in", "bytes_out", "busy_s"):
+            total[k] += rec[k]
+        total["batches"] += 1
+        dropped.update(rec["dropped"])
+    total["busy_s"] = round(total["busy_s"], 3)
+    total["docs_dropped"] = sum(dropped.values())
+    total["dropped"] = dict(sorted(dropped.items()))
+    return total
+
+
+def check_invariants(steps: list[dict], inputs: dict[str, list[str]]) -> list[str]:
+    """Problems found: a step whose counts do not add up, or rows lost between steps."""
+    problems = []
+    by_id = {s["id"]: s for s in steps}
+    for s in steps:
+        if s["docs_in"] != s["docs_out"] + s["docs_dropped"]:
+            problems.append(f"step {s['id']!r}: docs_in {s['docs_in']} != docs_out {s['docs_out']} + "
+                            f"dropped {s['docs_dropped']}")
+        ups = inputs.get(s["id"], [])
+        if ups and all(u in by_id for u in ups):
+            upstream_out = sum(by_id[u]["docs_out"] for u in ups)
+            if upstream_out != s["docs_in"]:
+                problems.append(f"step {s['id']!r}: received {s['docs_in']} docs but its inputs "
+                                f"{', '.join(ups)} produced {upstream_out}: rows were lost without a drop_reason")
+    return problems
+
+
+def format_step_line(s: dict) -> str:
+    drops = ", ".join(f"{k} {v:,}" for k, v in s["dropped"].items())
+    state = "skipped (complete)" if s.get("status") == "skipped" else f"{s.get('busy_s', 0):.1f}s busy"
+    rate = ""
+    if s.get("busy_s"):
+        rate = f", {s['docs_in'] / max(s['busy_s'], 1e-9):,.0f} docs/s per worker"
+    return (f"[gristmill] {s['id']:<14} {s['op']:<16} in {s['docs_in']:>9,}  out {s['docs_out']:>9,}  "
+            f"dropped {s['docs_dropped']:>8,}{' (' + drops + ')' if drops else ''}  {state}{rate}")
+
+
+class Timer:
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
