@@ -166,3 +166,16 @@ def test_fast_extractor_on_real_pages_scores_near_trafilatura():
     out = HtmlExtract()(table([h for _, h in pages]))
     s = score(out["text"].to_pylist(), gold)
     assert s["with_found"] > 0.65 and s["without_absent"] > 0.65
+
+
+@pytest.mark.parametrize("extractor", ["fast", "resiliparse", "trafilatura"])
+def test_sample_warc_pages_extract_in_every_charset(tmp_path, extractor):
+    from pipeline.samples_html import make_sample_warc
+    from pipeline.warc import read_warc_batches
+
+    info = make_sample_warc(str(tmp_path / "s.warc.gz"), n_pages=10)
+    out = pa.concat_tables([HtmlExtract(extractor=extractor)(b) for b in read_warc_batches(str(tmp_path / "s.warc.gz"))])
+    assert out["drop_reason"].null_count == 10
+    for row, i in zip(out.to_pylist(), info):
+        assert i["snippet"] in row["text"], (i["charset"], row["url"])
+        assert row["html_lang"] == i["language"]

@@ -214,3 +214,17 @@ def test_clipped_real_file_errors_with_file_and_offset():
     assert t.num_rows == 1
     assert t["drop_reason"][0].as_py() == "input:truncated_gzip at byte 0 of clipped.warc.gz"
     assert t["url"][0].as_py().startswith("http://www.houstonpress.com/")
+
+
+def test_sample_warc_is_deterministic_and_readable(tmp_path):
+    from pipeline.samples_html import make_sample_warc
+
+    a, b = tmp_path / "a.warc.gz", tmp_path / "b.warc.gz"
+    info = make_sample_warc(str(a), n_pages=8)
+    make_sample_warc(str(b), n_pages=8)
+    assert a.read_bytes() == b.read_bytes()
+    t = _read(a)
+    assert t.num_rows == 8 and t["drop_reason"].null_count == 8
+    assert t["url"].to_pylist() == [i["url"] for i in info]
+    assert {i["language"] for i in info} == {"en", "de", "fr", "es", "pl"}
+    assert {i["charset"] for i in info} > {"utf-8"}  # some pages in legacy charsets
