@@ -125,8 +125,9 @@ def make_sample_warc(path: str, n_pages: int = 10, date: str = "2024-01-01T00:00
     info = []
     members = []
     warcinfo = b"software: gristmill sample builder\r\nformat: WARC File Format 1.0\r\n"
+    info_id = uuid.uuid5(uuid.NAMESPACE_URL, f"gristmill-sample-{n_pages}")
     members.append(gzip.compress(
-        (f"WARC/1.0\r\nWARC-Type: warcinfo\r\nWARC-Record-ID: <urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f"gristmill-sample-{n_pages}")}>\r\n"
+        (f"WARC/1.0\r\nWARC-Type: warcinfo\r\nWARC-Record-ID: <urn:uuid:{info_id}>\r\n"
          f"WARC-Date: {date}\r\nContent-Type: application/warc-fields\r\nContent-Length: {len(warcinfo)}\r\n\r\n"
          ).encode() + warcinfo + b"\r\n\r\n", mtime=0))
     for i in range(n_pages):
