@@ -127,7 +127,8 @@ class Executor:
         if cls.kind == "global":
             ctx = RunContext(step_id=step_id, output_dir=self.opt.output, seed=self.loaded.recipe.seed,
                              max_workers=self.opt.max_workers)
-            return self._route(cls(params).run(ds, ctx), step_id, spec.write_rejected)
+            # a barrier: its input is computed once (run() may read it several times)
+            return self._route(cls(params).run(ds.materialize(), ctx), step_id, spec.write_rejected)
         if res.actor:
             size = self._concurrency(res) or max(1, int(self._cluster_cpus() // max(res.num_cpus, 0.01)))
             return ds.map_batches(StepRunner, fn_constructor_args=(step_id, cls, params, self.store.uri,

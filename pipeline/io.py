@@ -50,7 +50,7 @@ def peek_columns(path: str, fmt: str) -> set[str]:
                 rec = json.loads(line)
                 if not isinstance(rec, dict):
                     raise ValueError("first line is not a JSON object")
-                return set(rec) | {"meta"}
+                return set(rec)
     raise ValueError("file is empty")
 
 

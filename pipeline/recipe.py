@@ -328,7 +328,7 @@ def source_columns(spec: InputSpec, path: str, problems: list[str], at: str, che
         return cols
     files = expand_paths(spec.paths)
     if not files and spec.generate:
-        return cols | {"source", "language", "url"} if spec.format in ("parquet", "jsonl") else cols
+        return cols | {"source", "language", "url", "meta"} if spec.format == "jsonl" else cols
     if not files:
         problems.append(f"{at}: input: no files match {', '.join(spec.paths)} (working directory "
                         f"{os.getcwd()}); check the paths")
@@ -344,5 +344,9 @@ def source_columns(spec: InputSpec, path: str, problems: list[str], at: str, che
         if spec.text_column not in found:
             problems.append(f"{at}: input: {files[0]} has no {spec.text_column!r} column (it has: "
                             f"{', '.join(sorted(found)) or 'none'}); set input.text_column")
+        if spec.format == "jsonl":  # what the JSONL reader makes of any record
+            from pipeline.io import JSONL_LIFTED
+
+            found = {"meta", *JSONL_LIFTED}
         cols = (found - {spec.text_column, spec.id_column}) | {"id", "text"}
     return cols
