@@ -307,7 +307,7 @@ def expand_paths(patterns: list[str]) -> list[str]:
     files: list[str] = []
     for p in patterns:
         if "://" in p:
-            files.append(p)
+            files.extend(_expand_uri(p))
         elif any(ch in p for ch in "*?["):
             files.extend(sorted(glob.glob(p, recursive=True)))
         elif os.path.isdir(p):
@@ -316,6 +316,23 @@ def expand_paths(patterns: list[str]) -> list[str]:
         elif os.path.exists(p):
             files.append(p)
     return files
+
+
+def _expand_uri(pattern: str) -> list[str]:
+    """s3://bucket/dir/*.parquet etc.: list the fixed prefix with pyarrow's filesystem, match the rest."""
+    import fnmatch
+
+    import pyarrow.fs as pafs
+
+    scheme, rest = pattern.split("://", 1)
+    if not any(ch in rest for ch in "*?["):
+        return [pattern]
+    fs, path = pafs.FileSystem.from_uri(pattern.split("*")[0].rsplit("/", 1)[0] + "/")
+    prefix = pattern.split("*")[0].rsplit("/", 1)[0].split("://", 1)[1]
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return sorted(f"{scheme}://{i.path}" for i in infos
+                  if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, rest)
+                  and i.path.startswith(prefix.split("/", 1)[0]))
 
 
 def source_columns(spec: InputSpec, path: str, problems: list[str], at: str, check: bool) -> set[str]:

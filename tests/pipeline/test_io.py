@@ -95,3 +95,12 @@ def test_real_warc_and_wet(shared_data):
     assert warc.filter(pa.compute.is_null(warc.column("drop_reason"))).num_rows + \
         warc.filter(pa.compute.is_valid(warc.column("drop_reason"))).num_rows == warc.num_rows
     assert warc.num_rows == 16
+
+
+def test_uri_globs_and_reads_through_the_filesystem_layer(tmp_path):
+    for k in range(2):
+        pq.write_table(pa.table({"text": [f"t{k}"]}), tmp_path / f"u{k}.parquet")
+    files = expand_paths([f"file://{tmp_path}/u*.parquet"])
+    assert files == [f"file://{tmp_path}/u0.parquet", f"file://{tmp_path}/u1.parquet"]
+    t = read_all(files[1], "parquet")
+    assert t.column("text").to_pylist() == ["t1"]
