@@ -1,16 +1,23 @@
 """gristmill's fast main-content extractor ("fast"): resiliparse's Lexbor DOM + trafilatura-style
-container selection and boilerplate pruning, with the text rendered by resiliparse's C++ code.
+container selection and boilerplate pruning, text rendered by resiliparse's C++ code, and a
+trafilatura fallback on the container only where the fast path looks unreliable.
 
-Pipeline per page (all DOM work is in C except a short loop over class/id-carrying elements):
-1. parse with resiliparse (Lexbor);
-2. pick the main container the way trafilatura's BODY_XPATH stages do (first element matching
-   stage 1, else stage 2, ...), checked for enough text;
-3. inside that container, drop boilerplate sections found by their class / id / role / style
-   (trafilatura's discard vocabulary, applied only inside the container, with trafilatura's
-   over-pruning guard: nothing is dropped if that would remove more than 6/7 of the text);
-4. move the container to be the only child of <body> and render it with resiliparse's
-   ``extract_plain_text(main_content=True)`` (its own nav/footer/hidden-element heuristics);
-5. no container, or too little text: resiliparse's main-content extraction of the whole page.
+Per page:
+1. one regex pass over the start tags of the raw HTML classifies their class / id / role / style
+   (cached per distinct tag) and marks them: ``data-gmc=<stage>`` for main-container candidates
+   (trafilatura's BODY_XPATH stages 1-5), ``data-gmd`` for boilerplate (trafilatura's discard
+   vocabulary: navigation, share, comments, related, author boxes, ads, hidden ...);
+2. parse with resiliparse (Lexbor, C); the container is the first element of the first stage
+   that has >= MIN_TEXT characters;
+3. inside it, the outermost marked boilerplate elements are dropped (unless that removes more than
+   6/7 of its text: trafilatura's over-pruning guard), plus aside / nav / footer / form / figure;
+4. the container becomes the only child of <body>; resiliparse renders it twice, with and
+   without its main-content heuristics. If the heuristics drop more than 5 % of the container's
+   text (CASCADE_RATIO), they disagree with the container (they drop lists, headings, short
+   paragraphs that are content): trafilatura (fast mode, no comments) then extracts the
+   container's HTML only — a fraction of the page, so a fraction of its cost. This happens on
+   about one page in five.
+5. no container: resiliparse's main-content extraction of the whole page.
 
 The token vocabulary follows trafilatura 2.3.1's ``xpaths.py`` (Apache-2.0, Adrien Barbaresi).
 """
@@ -102,9 +109,6 @@ def _boilerplate(tag: str, cls: str, id_: str, a: dict) -> bool:
 
 # -- marking: one regex pass over the raw HTML tags ----------------------------------------------
 _TAG_RE = re.compile(r"<(article|div|main|section|li|ul|ol|dl|p|span|aside|nav|table|ARTICLE|DIV|MAIN|SECTION|LI|UL|OL|DL|P|SPAN|ASIDE|NAV|TABLE)(\s[^<>]*)>")
-_ATTR_RE = re.compile(r"""([a-zA-Z_:][-a-zA-Z0-9_:.]*)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""")
-_WANTED = {"class": "class", "id": "id", "role": "role", "style": "style", "itemprop": "itemprop",
-           "aria-hidden": "aria"}
 _CACHE: dict[str, str] = {}
 
 
@@ -115,6 +119,25 @@ def _classify(tag: str, a: dict) -> tuple[int, bool]:
     return stage, _boilerplate(tag, cls, id_, a)
 
 
+# superset of every class / id token above: a tag whose class and id match none of these needs no
+# further test (most tags: layout classes such as "row col-md-6")
+_UNION = re.compile(
+    r"post|entry|article|art-|content|body|text|story|primary|main|cell|single|column|field|fulltext|"
+    r"shar|social|viral|newsletter|syndication|tag|sidebar|banner|crumb|button|author|jp-|dpsp|bmdh|foot|"
+    r"nav|menu|related|message|premium|ad-| ad |dfp|outbrain|taboola|criteo|paid|widget|byline|sociable|embed|"
+    r"consent|modal|permission|elated|next-|stories|popular|more-on|meta|rating|attachment|timestamp|user|"
+    r"-icon|infos|slide|viewport|overlay|options|expand|obfuscated|blurred|factbox|yin|zlylin|nfoline|cookie|"
+    r"hide|hidden|comment|reply|akismet|suggest|print|notloaded|comol|disqus|dsq|respond|teaser|bar")
+
+
+def _attr_re(name: str) -> re.Pattern:
+    return re.compile(r"(?:^|\s)" + name + r"""\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""", re.I)
+
+
+_ATTRS = (("class", _attr_re("class")), ("id", _attr_re("id")), ("role", _attr_re("role")),
+          ("style", _attr_re("style")), ("itemprop", _attr_re("itemprop")), ("aria", _attr_re("aria-hidden")))
+
+
 def _mark_tag(m: re.Match) -> str:
     whole = m.group(0)
     hit = _CACHE.get(whole)
@@ -122,17 +145,20 @@ def _mark_tag(m: re.Match) -> str:
         return hit
     attrs = m.group(2)
     a = {}
-    if "=" in attrs:
-        for am in _ATTR_RE.finditer(attrs):
-            k = _WANTED.get(am.group(1).lower())
-            if k is not None and k not in a:
-                v = am.group(2)
+    low = attrs.lower()
+    for key, rx in _ATTRS:
+        if (key if key != "aria" else "aria-hidden") in low:
+            am = rx.search(attrs)
+            if am is not None:
+                v = am.group(1)
                 if v is None:
-                    v = am.group(3) if am.group(3) is not None else am.group(4)
-                a[k] = v
+                    v = am.group(2) if am.group(2) is not None else am.group(3)
+                a[key] = v
     out = whole
-    if a:
-        stage, drop = _classify(m.group(1).lower(), a)
+    tag = m.group(1).lower()
+    if a and (tag == "article" or tag == "main" or len(a) > ("class" in a) + ("id" in a)
+              or _UNION.search((a.get("class", "") + " " + a.get("id", "")).lower())):
+        stage, drop = _classify(tag, a)
         extra = ""
         if stage < 9:
             extra += f' data-gmc="{stage}"'
@@ -154,30 +180,36 @@ def mark(html: str) -> str:
 
 _ALWAYS_SKIP = ["aside", "nav", "footer", "form", "figure", "figcaption", "button", "select", "iframe",
                 "[role=navigation]", "[aria-hidden=true]", "[hidden]"]
+_SKIP_SEL = ", ".join(_ALWAYS_SKIP)
 MIN_TEXT = 250
+
+
+# stage 2 is any <article>, stage 5 includes any <main>: also those without attributes, which
+# the tag regex does not see
+_STAGE_SEL = ('[data-gmc="1"]', 'article', '[data-gmc="3"]', '[data-gmc="4"]', '[data-gmc="5"], main')
 
 
 def _candidates(root):
     """The first element of each BODY_XPATH stage, in trafilatura's order."""
     out = []
-    for s in range(1, 6):
-        el = root.query_selector(f'[data-gmc="{s}"]')
+    for sel in _STAGE_SEL:
+        el = root.query_selector(sel)
         if el is not None and all(el is not o for o in out):
             out.append(el)
     return out
 
 
-def _prune(container) -> None:
-    """Drop boilerplate elements inside ``container`` unless that would remove > 6/7 of its text."""
+def _prune(container) -> bool:
+    """Drop boilerplate elements inside ``container``. Returns False when that removed more than
+    6/7 of its text (trafilatura's over-pruning guard): the caller then starts again unpruned."""
     container.setattr("data-gmk", "")
     outer = container.query_selector_all("[data-gmk] [data-gmd]:not([data-gmk] [data-gmd] *)")
     if not len(outer):
-        return
+        return True
     total = len(container.text)
-    removed = sum(len(el.text) for el in outer)
-    if total - removed > total / 7:
-        for el in outer:
-            el.decompose()
+    for el in outer:
+        el.decompose()
+    return len(container.text) > total / 7
 
 
 def page_meta(tree: HTMLTree) -> tuple[str | None, str | None]:
@@ -190,18 +222,43 @@ def page_meta(tree: HTMLTree) -> tuple[str | None, str | None]:
     return title, lang
 
 
-def extract_fast(html: str) -> tuple[str, str | None, str | None]:
-    """Main text, title and declared language of one decoded HTML page."""
-    tree = HTMLTree.parse(mark(html))
+# fall back to trafilatura (on the container only) when resiliparse's main-content pass drops
+# more than this share of the container's text: its heuristics disagree with the container and
+# trafilatura's finer rules (lists, headings, link density) win there (measured, see README)
+CASCADE_RATIO = 0.95
+
+
+def _trafilatura(html: str) -> str:
+    import trafilatura
+
+    return trafilatura.extract(html, fast=True, include_comments=False) or ""
+
+
+def extract_fast(html: str, cascade: float | None = None) -> tuple[str, str | None, str | None]:
+    """Main text, title and declared language of one decoded HTML page. ``cascade``: the share of
+    the container's text resiliparse's heuristics may drop before trafilatura takes over
+    (default CASCADE_RATIO; 0 = never)."""
+    ratio = CASCADE_RATIO if cascade is None else cascade
+    marked = mark(html)
+    tree = HTMLTree.parse(marked)
     title, lang = page_meta(tree)
     body = tree.body
     if body is None:
         return "", title, lang
     for cand in _candidates(body):
-        _prune(cand)
+        if not _prune(cand):  # over-pruned: parse again, keep this container whole
+            tree = HTMLTree.parse(marked)
+            body = tree.body
+            cand = body.query_selector(f'[data-gmc="{cand.getattr("data-gmc")}"]')
         if len(cand.text.strip()) < MIN_TEXT:
             continue
+        for el in cand.query_selector_all(_SKIP_SEL):
+            el.decompose()
         body.replace_children(cand)
-        return (extract_plain_text(tree, main_content=True, comments=False, post_meta=False,
-                                   skip_elements=_ALWAYS_SKIP), title, lang)
+        text = extract_plain_text(tree, main_content=True, comments=False, post_meta=False)
+        if ratio > 0:
+            full = extract_plain_text(tree, main_content=False, comments=False, post_meta=False)
+            if len(text) < ratio * len(full):
+                return _trafilatura("<html><body>" + cand.html + "</body></html>"), title, lang
+        return text, title, lang
     return extract_plain_text(tree, main_content=True, comments=False, post_meta=False), title, lang

@@ -37,15 +37,20 @@ class HtmlExtractParams(Params):
                                        "(extract:empty)")
     keep_html: bool = Field(False, description="keep the raw `html` column after extraction "
                                                "(off: it is replaced by null to save space downstream)")
+    cascade: float = Field(0.95, ge=0.0, le=1.0,
+                           description="fast extractor only: when resiliparse's main-content pass keeps less "
+                                       "than this share of the chosen container's text, trafilatura extracts "
+                                       "that container instead (0 = never: ~1.5x faster, ~0.017 lower snippet "
+                                       "score on the 990 eval pages)")
     max_html_bytes: int = Field(8_000_000, ge=1024, le=1 << 31,
                                 description="pages larger than this are cut to this many bytes before parsing")
 
 
-def _extract_one(extractor: str, html: str) -> tuple[str, str | None, str | None]:
+def _extract_one(extractor: str, html: str, cascade: float | None = None) -> tuple[str, str | None, str | None]:
     if extractor == "fast":
         from operators._extract_fast import extract_fast
 
-        return extract_fast(html)
+        return extract_fast(html, cascade)
     from resiliparse.parse.html import HTMLTree
 
     from operators._extract_fast import page_meta
@@ -74,7 +79,7 @@ class HtmlExtract(Operator):
     requires = ("resiliparse", "trafilatura")
 
     def setup(self) -> None:
-        if self.params.extractor == "trafilatura":
+        if self.params.extractor == "trafilatura" or self.params.cascade > 0:
             import trafilatura  # noqa: F401  (fail early if its optional deps are missing)
 
     def process(self, batch: pa.Table) -> pa.Table:
@@ -109,7 +114,7 @@ class HtmlExtract(Operator):
                         reason = "extract:undecodable"
                     else:
                         try:
-                            text, title, lang = _extract_one(ext, decoded)
+                            text, title, lang = _extract_one(ext, decoded, self.params.cascade)
                         except Exception as e:  # one bad page must not stop the batch
                             log.warning("html_extract(%s) failed on row %d: %r", ext, i, e)
                             reason, text = "extract:error", None

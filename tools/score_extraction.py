@@ -17,7 +17,7 @@ import warnings
 
 from tools.webpages import load_gold, load_pages, score
 
-EXTRACTORS = ("fast", "trafilatura", "resiliparse", "trafilatura_direct")
+EXTRACTORS = ("fast", "fast_nocascade", "trafilatura", "resiliparse", "trafilatura_direct")
 
 
 def extractor_fn(name: str):
@@ -33,6 +33,8 @@ def extractor_fn(name: str):
         text, _, _ = decode_html(html, ctype)
         if text is None:
             return None
+        if name == "fast_nocascade":
+            return _extract_one("fast", text, 0.0)[0]
         return _extract_one(name, text)[0]
 
     return run
