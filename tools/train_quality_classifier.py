@@ -88,6 +88,32 @@ def _one_line(texts: list[str]) -> list[str]:
     return [t.replace("\n", " ") for t in texts]
 
 
+_FIT = """
+import json, sys
+import fasttext
+a = json.loads(sys.argv[1])
+fasttext.train_supervised(a["input"], verbose=0, **a["kwargs"]).save_model(a["output"])
+"""
+
+
+def fit_fasttext(input_file: str, output: str, **kwargs) -> None:
+    """``fasttext.train_supervised(input_file, **kwargs).save_model(output)`` in a fresh process.
+
+    Why: fastText 0.9.2 (fasttext-numpy2-wheel) initializes only the first tenth of the input matrix
+    when thread=1 (DenseMatrix::uniformThread fills block 0 of 10) and never zeroes the rest, so
+    it trains on whatever the allocator hands back. In a fresh process with glibc's mmap threshold
+    pinned (large blocks always come from mmap, hence zero pages) that memory is zero and training
+    is deterministic; in a long-lived process (pytest, a notebook) reused heap memory holds garbage
+    and training diverges ("Encountered NaN") or silently gives a worse model."""
+    import subprocess
+
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", GLIBC_TUNABLES="glibc.malloc.mmap_threshold=131072")
+    arg = json.dumps({"input": str(input_file), "output": str(output), "kwargs": kwargs})
+    proc = subprocess.run([sys.executable, "-c", _FIT, arg], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"fastText training failed: {proc.stderr.strip()[-2000:]}")
+
+
 def train(
     table: pa.Table,
     output: str,
@@ -103,8 +129,6 @@ def train(
     threads: int = 1,
 ) -> dict:
     """Train on a seeded split of `table` (text, label), save the model to `output`, return metrics."""
-    import fasttext
-
     from operators.quality_classifier import QualityClassifier
 
     labels = table.column("label").to_pylist()
@@ -126,13 +150,12 @@ def train(
             f.write(f"__label__{labels[i].replace(' ', '_')} {texts[i].replace(chr(10), ' ')}\n")
         train_file = f.name
     try:
-        model = fasttext.train_supervised(
-            train_file, epoch=epoch, lr=lr, wordNgrams=word_ngrams, dim=dim, minCount=min_count,
-            bucket=bucket, thread=threads, seed=seed, verbose=0,
+        fit_fasttext(
+            train_file, output, epoch=epoch, lr=lr, wordNgrams=word_ngrams, dim=dim, minCount=min_count,
+            bucket=bucket, thread=threads, seed=seed,
         )
     finally:
         os.unlink(train_file)
-    model.save_model(output)
     train_s = time.perf_counter() - t0
 
     result = {"output": output, "train_rows": int(len(train_idx)), "valid_rows": int(len(valid_idx)),
