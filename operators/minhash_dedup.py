@@ -161,19 +161,46 @@ def _shingles(batch: pa.Table, cfg: dict):
 
 
 # -- 1. signatures -> band rows ---------------------------------------------------------------
-def band_rows(batch: pa.Table, cfg: dict) -> pa.Table:
-    live = _live(batch)
-    if not live.all():
-        batch = batch.filter(pa.array(live))
+KEY_COL, BANDS_COL = "_mh_k", "_mh_bands"
+
+
+def add_signature_columns(batch: pa.Table, cfg: dict) -> pa.Table:
+    """The input rows plus their document key and LSH band keys (null for rows already dropped
+    upstream and for documents without any shingle), computed in the same pass that brings the
+    input into the object store."""
     n = batch.num_rows
-    if n == 0:
-        return BAND_SCHEMA.empty_table()
-    doc, h32 = _shingles(batch, cfg)
-    sig, has = mh.signatures(doc, h32, n, cfg["num_perm"], cfg["seed"])
-    keys = mh.doc_keys(batch.column("id"))
-    idx = np.flatnonzero(has)
-    bk = mh.band_keys(sig[idx], cfg["bands"], cfg["rows"])
-    return pa.table({"bkey": bk.ravel(), "k": np.repeat(keys[idx], cfg["bands"])}, schema=BAND_SCHEMA)
+    keys = mh.doc_keys(batch.column("id")) if n else np.empty(0, U64)
+    live = np.flatnonzero(_live(batch))
+    b = cfg["bands"]
+    bands = pa.nulls(n, pa.list_(pa.uint64()))
+    if len(live):
+        sub = batch if len(live) == n else batch.take(pa.array(live))
+        doc, h32 = _shingles(sub, cfg)
+        sig, has = mh.signatures(doc, h32, len(live), cfg["num_perm"], cfg["seed"])
+        rows = live[has]
+        if len(rows):
+            bk = mh.band_keys(sig[has], b, cfg["rows"]).ravel()
+            counts = np.zeros(n, np.int32)
+            counts[rows] = b
+            offsets = np.zeros(n + 1, np.int32)
+            np.cumsum(counts, out=offsets[1:])
+            valid = np.zeros(n, bool)
+            valid[rows] = True
+            bands = pa.ListArray.from_arrays(pa.array(offsets), pa.array(bk), mask=pa.array(~valid))
+    batch = set_column(batch, KEY_COL, pa.array(keys, pa.uint64()))
+    return set_column(batch, BANDS_COL, bands)
+
+
+def band_rows(batch: pa.Table) -> pa.Table:
+    """(band key, doc key) rows of the documents that have band keys."""
+    lens = pc.list_value_length(batch.column(BANDS_COL)).fill_null(0).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(batch.column(BANDS_COL))
+    keys = batch.column(KEY_COL).to_numpy()
+    return pa.table({"bkey": flat, "k": np.repeat(keys, lens)}, schema=BAND_SCHEMA)
+
+
+def drop_internal(batch: pa.Table) -> pa.Table:
+    return batch.drop_columns([c for c in (KEY_COL, BANDS_COL) if c in batch.column_names])
 
 
 # -- 2. buckets -> candidate pairs ------------------------------------------------------------
@@ -218,7 +245,7 @@ def _payload(batch: pa.Table, cfg: dict):
 
 def _doc_rows(batch: pa.Table, cfg: dict) -> dict:
     attrs = _attrs(batch, cfg)
-    out = {"k": mh.doc_keys(batch.column("id")), **attrs}
+    out = {"k": batch.column(KEY_COL), **attrs}
     pay = _payload(batch, cfg)
     if pay is not None:
         out["payload"] = pay
@@ -268,7 +295,7 @@ def verify_rows_broadcast(batch: pa.Table, cfg: dict, pair_refs) -> pa.Table:
         batch = batch.filter(pa.array(live))
     if batch.num_rows == 0 or len(a_sorted) == 0:
         return schema.empty_table()
-    keys = mh.doc_keys(batch.column("id"))
+    keys = batch.column(KEY_COL).to_numpy()
     r0, partner0 = _incident(keys, a_sorted, b_of_a)   # this doc is side a
     r1, partner1 = _incident(keys, b_sorted, a_of_b)   # this doc is side b
     cand = np.unique(np.concatenate([r0, r1]))
@@ -398,19 +425,19 @@ def small_star(part: pa.Table) -> pa.Table:
     and every neighbour to m. Emits both directions (the next large-star wants them)."""
     if part.num_rows == 0:
         return CC_SCHEMA.empty_table()
+    upstream = int(pc.sum(part.column("chg")).as_py() or 0)  # the large-star's changes
     u, v = _dedup_edges(part.column("u").to_numpy(), part.column("v").to_numpy())
     starts = np.flatnonzero(np.concatenate([[True], u[1:] != u[:-1]]))
     sizes = np.diff(np.append(starts, len(u)))
     gmin = np.minimum.reduceat(v, starts)
     m = np.repeat(gmin, sizes)
-    chg = int((sizes - 1).sum())
+    chg = int((sizes - 1).sum()) + upstream
     sel = v != m
     x = np.concatenate([v[sel], u[starts]])
     y = np.concatenate([m[sel], gmin])
     x, y = _dedup_edges(x, y)
     c = np.zeros(2 * len(x), np.int64)
-    if len(c):
-        c[0] = chg
+    c[0] = chg  # never empty: every group emits at least (u, m)
     return pa.table({"u": np.concatenate([x, y]), "v": np.concatenate([y, x]), "chg": c}, schema=CC_SCHEMA)
 
 
@@ -429,12 +456,12 @@ def connected_components(edges, num_partitions: int, tick=None, max_rounds: int 
                             "chg": np.zeros(2 * t.num_rows, np.int64)}, schema=CC_SCHEMA),
         batch_format="pyarrow", batch_size=None)
     for _ in range(max_rounds):
-        ls = cur.repartition(num_partitions, keys=["u"]).map_batches(
-            large_star, batch_format="pyarrow", batch_size=None).materialize()
-        ss = ls.repartition(num_partitions, keys=["u"]).map_batches(
-            small_star, batch_format="pyarrow", batch_size=None).materialize()
-        changed = _sum_chg(ls) + _sum_chg(ss)
-        cur = ss
+        # one execution per round: large-star, shuffle, small-star (which carries the large-star's
+        # change count forward), then one tiny map to read the counts
+        cur = (cur.repartition(num_partitions, keys=["u"]).map_batches(large_star, batch_format="pyarrow", batch_size=None)
+               .repartition(num_partitions, keys=["u"]).map_batches(small_star, batch_format="pyarrow", batch_size=None)
+               .materialize())
+        changed = _sum_chg(cur)
         if tick:
             tick(f"connected components round: {changed} changes")
         if changed == 0:
@@ -532,11 +559,12 @@ def _set_outputs(batch: pa.Table, dup_of, cluster, size) -> pa.Table:
 
 def apply_broadcast(batch: pa.Table, dec_refs) -> pa.Table:
     keys_sorted, dec = _sorted_decisions(dec_refs)
+    batch = drop_internal(batch) if len(keys_sorted) == 0 else batch
     n = batch.num_rows
     if n == 0 or len(keys_sorted) == 0:
         return _set_outputs(batch, pa.nulls(n, pa.string()), pa.nulls(n, pa.string()),
                             pa.array(np.ones(n, np.int64)))
-    keys = mh.doc_keys(batch.column("id"))
+    keys = batch.column(KEY_COL).to_numpy()
     pos = np.minimum(np.searchsorted(keys_sorted, keys), len(keys_sorted) - 1)
     hit = keys_sorted[pos] == keys
     hit &= _live(batch)
@@ -545,18 +573,14 @@ def apply_broadcast(batch: pa.Table, dec_refs) -> pa.Table:
     dup_of = pc.if_else(mask, pa.scalar(None, pa.string()), dec.column("dup_of").take(idx))
     cluster = pc.if_else(mask, pa.scalar(None, pa.string()), dec.column("dup_cluster").take(idx))
     size = pc.if_else(mask, pa.scalar(1, pa.int64()), dec.column("dup_cluster_size").take(idx))
-    return _set_outputs(batch, dup_of, cluster, size)
-
-
-def add_key(batch: pa.Table) -> pa.Table:
-    return set_column(batch, "_mh_k", pa.array(mh.doc_keys(batch.column("id"))))
+    return _set_outputs(drop_internal(batch), dup_of, cluster, size)
 
 
 def apply_joined(batch: pa.Table) -> pa.Table:
     n = batch.num_rows
     size = pc.fill_null(batch.column("dup_cluster_size"), 1) if n else pa.array([], pa.int64())
     dup_of, cluster = batch.column("dup_of"), batch.column("dup_cluster")
-    batch = batch.drop_columns([c for c in ("_mh_k", "k", "dup_of", "dup_cluster", "dup_cluster_size")
+    batch = batch.drop_columns([c for c in (KEY_COL, BANDS_COL, "k", "dup_of", "dup_cluster", "dup_cluster_size")
                                 if c in batch.column_names])
     return _set_outputs(batch, dup_of, cluster, size)
 
@@ -578,20 +602,19 @@ class MinHashDedup(Operator):
         p = self.params
         cfg = _cfg(p)
         tick = _Timer()
-        ds = ds.materialize()  # read once; the text is used by three maps and never shuffled
-        tick("input materialized")
         names = ds.schema().names
         if cfg["keep_col"] and cfg["keep_col"] not in names:
             raise ValueError(f"minhash_dedup: keep: highest:{cfg['keep_col']} but the data has no column "
                              f"{cfg['keep_col']!r} (columns: {', '.join(names)})")
-        n_docs = ds.count()
-        parts = p.num_partitions or max(ctx.num_partitions(), min(512, math.ceil(n_docs / 100_000)))
-        want = min(max(1, math.ceil(n_docs / 2000)), 2 * _cluster_cpus(ctx))
-        if ds.num_blocks() < want:  # enough blocks for every core (a split, not a shuffle)
-            ds = ds.repartition(want).materialize()
         mb = dict(batch_format="pyarrow")
+        # one pass over the input: rows + doc key + band keys, kept in the object store (the text
+        # is read again by the verification and output maps, and never shuffled)
+        ds = ds.map_batches(add_signature_columns, fn_kwargs={"cfg": cfg}, batch_size=p.batch_size, **mb).materialize()
+        n_docs = ds.count()
+        tick(f"signatures of {n_docs} docs")
+        parts = p.num_partitions or max(ctx.num_partitions(), min(512, math.ceil(n_docs / 100_000)))
 
-        bands = ds.map_batches(band_rows, fn_kwargs={"cfg": cfg}, batch_size=p.batch_size, **mb)
+        bands = ds.select_columns([KEY_COL, BANDS_COL]).map_batches(band_rows, batch_size=None, **mb)
         pairs = bands.repartition(parts, keys=["bkey"]).map_batches(
             bucket_pairs, fn_kwargs={"cfg": cfg}, batch_size=None, **mb).materialize()
         n_pairs = pairs.count()
@@ -629,6 +652,5 @@ class MinHashDedup(Operator):
         if decisions.count() <= p.broadcast_max_rows:
             return ds.map_batches(apply_broadcast, fn_kwargs={"dec_refs": decisions.to_arrow_refs()},
                                   batch_size=p.batch_size, **mb)
-        joined = ds.map_batches(add_key, batch_size=p.batch_size, **mb).join(
-            decisions, "left_outer", parts, on=("_mh_k",), right_on=("k",))
+        joined = ds.join(decisions, "left_outer", parts, on=(KEY_COL,), right_on=("k",))
         return joined.map_batches(apply_joined, batch_size=p.batch_size, **mb)
