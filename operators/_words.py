@@ -429,7 +429,7 @@ class _nullcontext:
         return False
 
 
-SMALL = 300  # below this many distinct non-trivial chunks, spaCy itself is cheaper per group
+SMALL = 2000  # below this many distinct non-trivial chunks, spaCy itself is cheaper per group
 
 
 def _spacy_tokens(r: "SpacyRules", chunks: list[str]) -> list[str]:

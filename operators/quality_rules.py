@@ -309,6 +309,12 @@ def _ngram_keys(h: np.ndarray, doc: np.ndarray, n: int) -> tuple[np.ndarray, np.
     return key, pos
 
 
+def _with_doc(key: np.ndarray, doc: np.ndarray) -> np.ndarray:
+    """n-gram hash made unique per row (64-bit mix; collisions are negligible at batch sizes)."""
+    with np.errstate(over="ignore"):
+        return key ^ ((doc.astype(np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15))
+
+
 @register
 class GopherRepetition(Operator):
     """Gopher repetition rules (duplicate lines/paragraphs/n-grams) as datatrove's GopherRepetitionFilter."""
@@ -359,11 +365,19 @@ class GopherRepetition(Operator):
             key, pos = _ngram_keys(h, doc, k)
             top = np.zeros(n, np.float64)
             if len(pos):
-                glen = csum[pos + k] - csum[pos] + (k - 1)  # " ".join of k words
-                df = pl.DataFrame({"doc": doc[pos], "key": key, "pos": pos, "glen": glen})
-                g = df.group_by("doc", "key").agg(pl.len().alias("c"), pl.col("pos").min(), pl.col("glen").first())
-                best = g.sort(["doc", "c", "pos"], descending=[False, True, False]).unique("doc", keep="first")
-                top[best["doc"].to_numpy()] = (best["c"] * best["glen"]).to_numpy()
+                d = doc[pos]
+                # most frequent n-gram of each row (ties: the one seen first, as Counter.most_common)
+                _, first, cnt = np.unique(_with_doc(key, d), return_index=True, return_counts=True)
+                udoc = d[first]
+                maxc = np.zeros(n, np.int64)
+                np.maximum.at(maxc, udoc, cnt)
+                cand = cnt == maxc[udoc]
+                best = np.full(n, np.iinfo(np.int64).max)
+                np.minimum.at(best, udoc[cand], first[cand])
+                has = best < np.iinfo(np.int64).max
+                bp = pos[best[has]]
+                glen = csum[bp + k] - csum[bp] + (k - 1)  # " ".join of k words
+                top[has] = maxc[has] * glen
             score = _ratio(top, n_chars)
             scores[f"quality_rep_top_{k}gram"] = score
             with np.errstate(invalid="ignore"):
@@ -373,8 +387,7 @@ class GopherRepetition(Operator):
             dup_chars = np.zeros(n, np.float64)
             if len(pos):
                 d = doc[pos]
-                df = pl.DataFrame({"doc": d, "key": key})
-                seen = (~df.select(pl.struct("doc", "key").is_first_distinct()).to_series()).to_numpy()
+                seen = (~pl.Series(_with_doc(key, d)).is_first_distinct()).to_numpy()
                 if seen.any():
                     # greedy scan: inside a run of consecutive repeated positions it counts every
                     # k-th one (it jumps k words after each hit)
