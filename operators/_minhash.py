@@ -35,7 +35,7 @@ _P = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E
                0x2545F4914F6CDD1D, 0x9FB21C651E98DF25, 0xA0761D6478BD642F, 0xE7037ED1A0B428DB],
               dtype=U64)
 NO_SPACE_LANGUAGES = ("zh", "ja", "th", "lo", "km", "my", "bo", "dz", "yue", "wuu", "gan", "hak",
-                      "cdo", "lzh", "nan", "jv-java", "shn")
+                      "cdo", "lzh")
 # punctuation and symbols, plus the non-ASCII spaces (so that the cheaper ASCII splitter sees them)
 _PUNCT = (r"[\p{P}\p{S}\x{85}\x{a0}\x{1680}\x{2000}-\x{200b}\x{2028}\x{2029}\x{202f}\x{205f}"
           r"\x{3000}\x{feff}]+")

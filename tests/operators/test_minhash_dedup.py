@@ -260,3 +260,14 @@ def test_keep_rules_and_join_paths(ray_session, corpus, default_run):
         assert t["dup_cluster_size"].to_pylist() == default_run["dup_cluster_size"].to_pylist()
     with pytest.raises(ValueError, match="no column"):
         _run(ray_session, table, keep="highest:quality")
+
+
+def test_recipe_loads():
+    import pathlib
+
+    from pipeline.recipe import load_recipe
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    loaded = load_recipe(str(root / "recipes" / "dedup.yaml"), check_inputs=False)
+    assert loaded.operators["dedup"] is MinHashDedup
+    assert {"dup_cluster", "dup_cluster_size", "dup_of"} <= loaded.columns["dedup"]
