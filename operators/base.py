@@ -95,8 +95,15 @@ class RunContext(BaseModel):
     seed: int = 0
     max_workers: int | None = None  # None: all cluster CPUs
 
-    def num_partitions(self, default: int = 8) -> int:
-        return max(1, min(default, (self.max_workers or default) * 4))
+    def num_partitions(self, default: int = 8, nbytes: int | None = None,
+                       bytes_per_partition: int = 64 * 2**20) -> int:
+        """Shuffle partitions: enough to keep each near `bytes_per_partition` when the size is
+        known (few partitions for small data: every partition costs an aggregator process),
+        capped at `default` otherwise; never more than 4 per allowed worker."""
+        cap = (self.max_workers or default) * 4
+        if nbytes is not None:
+            return max(1, min(cap, -(-nbytes // bytes_per_partition)))
+        return max(1, min(default, cap))
 
 
 # -- registry: the only meeting point of engine and operators -----------------------------

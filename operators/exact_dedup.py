@@ -24,7 +24,7 @@ def text_hashes(batch: pa.Table, lowercase: bool, collapse: bool) -> pa.Table:
     if collapse:
         text = pc.utf8_trim_whitespace(pc.replace_substring_regex(text, r"\s+", " "))
     s = pl.Series(text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text)
-    return pa.table({"id": batch.column("id"), KEYS[0]: s.hash(seed=11).to_arrow(),
+    return pa.table({"id": pc.cast(batch.column("id"), pa.string()), KEYS[0]: s.hash(seed=11).to_arrow(),
                      KEYS[1]: s.hash(seed=977).to_arrow()})
 
 
@@ -51,14 +51,40 @@ class ExactDedup(Operator):
     resources = Resources(num_cpus=1, batch_size=4096)
 
     def run(self, ds, ctx):
+        import ray
+
         p = self.params
-        n = ctx.num_partitions()
         keys = ds.map_batches(text_hashes, fn_args=(p.lowercase, p.collapse_whitespace),
-                              batch_format="pyarrow", batch_size=self.resources.batch_size)
+                              batch_format="pyarrow", batch_size=self.resources.batch_size).materialize()
+        n = ctx.num_partitions(nbytes=keys.size_bytes())
         dups = keys.repartition(n, keys=KEYS).map_batches(duplicates_in_partition, batch_format="pyarrow",
-                                                         batch_size=None)
+                                                         batch_size=None).materialize()
+        if dups.size_bytes() <= BROADCAST_BYTES:
+            # few duplicates: every worker gets the (id, dup_of) list from the object store
+            # (never the driver), which saves the shuffle of a join
+            refs = dups.to_arrow_refs()
+            return ds.map_batches(_mark_broadcast, fn_args=(refs,), batch_format="pyarrow")
+        n = ctx.num_partitions(nbytes=ds.size_bytes())
+        ds = ds.map_batches(_string_ids, batch_format="pyarrow")  # join keys must have one type
         joined = ds.join(dups, join_type="left_outer", num_partitions=n, on=("id",))
         return joined.map_batches(_mark, batch_format="pyarrow")
+
+
+BROADCAST_BYTES = 32 * 2**20
+
+
+def _string_ids(batch: pa.Table) -> pa.Table:
+    return set_column(batch, "id", pc.cast(batch.column("id"), pa.string()))
+
+
+def _mark_broadcast(batch: pa.Table, refs) -> pa.Table:
+    import ray
+
+    dups = pa.concat_tables(ray.get(list(refs))) if refs else pa.table({"id": [], "dup_of": []})
+    ids = batch.column("id").cast(pa.string())
+    idx = pc.index_in(ids, value_set=dups.column("id").cast(pa.string()).combine_chunks())
+    dup_of = pc.take(dups.column("dup_of").cast(pa.string()).combine_chunks(), idx)
+    return _mark(set_column(batch, "dup_of", dup_of))
 
 
 def _mark(batch: pa.Table) -> pa.Table:

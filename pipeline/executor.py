@@ -130,10 +130,12 @@ class Executor:
             # a barrier: its input is computed once (run() may read it several times)
             return self._route(cls(params).run(ds.materialize(), ctx), step_id, spec.write_rejected)
         if res.actor:
+            # an autoscaling pool: a fixed pool as large as the cluster would hold every CPU and
+            # starve the steps that feed it
             size = self._concurrency(res) or max(1, int(self._cluster_cpus() // max(res.num_cpus, 0.01)))
             return ds.map_batches(StepRunner, fn_constructor_args=(step_id, cls, params, self.store.uri,
                                                                     spec.write_rejected),
-                                  compute=ray.data.ActorPoolStrategy(size=size), **common)
+                                  compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size), **common)
         return ds.map_batches(run_step_task, fn_args=(step_id, cls, params, self.store.uri, spec.write_rejected),
                               compute=ray.data.TaskPoolStrategy(size=self._concurrency(res)), **common)
 

@@ -125,27 +125,63 @@ def multilingual_docs(n_docs: int = 2000, seed: int = 0) -> list[dict]:
     return docs
 
 
+CHROME = {  # navigation, cookie banner and footer: boilerplate extraction should remove
+    "nav": ["Home", "News", "Science", "About", "Contact"],
+    "cookie": "We use cookies to improve your experience. Accept all",
+    "footer": "© 2024 Example Media. All rights reserved. Privacy policy | Terms of use",
+}
+
+
+def html_page(doc: dict) -> str:
+    from html import escape
+
+    paras = "\n".join(f"<p>{escape(p)}</p>" for p in doc["text"].split("\n\n"))
+    nav = "".join(f'<li><a href="/{n.lower()}">{n}</a></li>' for n in CHROME["nav"])
+    return (f'<!DOCTYPE html><html lang="{doc["lang"]}"><head><meta charset="utf-8">'
+            f'<title>{escape(doc["text"][:40])}</title></head><body>'
+            f'<div class="cookie-banner">{CHROME["cookie"]}</div>'
+            f'<header><nav class="menu"><ul>{nav}</ul></nav></header>'
+            f'<main><article class="post"><div class="entry-content">\n{paras}\n</div></article></main>'
+            f'<footer class="site-footer"><p>{CHROME["footer"]}</p></footer></body></html>')
+
+
+def write_docs(docs: list[dict], path: str, fmt: str) -> None:
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(docs), path)
+    elif fmt == "jsonl":
+        with gzip.GzipFile(path, "wb", mtime=0) as f:
+            for d in docs:
+                f.write((json.dumps(d, ensure_ascii=False) + "\n").encode())
+    elif fmt == "warc":  # one gzip member per record, as Common Crawl writes them
+        from pipeline.samples_html import _record
+
+        with open(path, "wb") as f:
+            for d in docs:
+                payload = html_page(d).encode("utf-8")
+                f.write(gzip.compress(_record(d["url"], payload, "text/html; charset=utf-8",
+                                              "2024-01-01T00:00:00Z"), mtime=0))
+    else:
+        raise ValueError(f"no sample writer for format {fmt!r}")
+
+
 def build_sample(kind: str, target_dir: str, fmt: str = "jsonl", n_docs: int = 2000, files: int = 2) -> list[str]:
+    """Write the sample corpus as `files` files of `fmt` (jsonl.gz, parquet or a gzip WARC of
+    HTML pages wrapping each document in site boilerplate)."""
     if kind != "quickstart-sample":
         raise ValueError(f"unknown sample corpus {kind!r}")
     os.makedirs(target_dir, exist_ok=True)
     docs = multilingual_docs(n_docs)
-    for d in docs:  # the language is for checking results, not an input the pipeline trusts
-        d["meta_lang"] = d.pop("lang")
+    ext = {"jsonl": "jsonl.gz", "parquet": "parquet", "warc": "warc.gz"}[fmt]
     paths = []
     per = (len(docs) + files - 1) // files
     for k in range(files):
         chunk = docs[k * per:(k + 1) * per]
-        if fmt == "parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            p = os.path.join(target_dir, f"part-{k:05d}.parquet")
-            pq.write_table(pa.Table.from_pylist(chunk), p)
-        else:
-            p = os.path.join(target_dir, f"part-{k:05d}.jsonl.gz")
-            with gzip.GzipFile(p, "wb", mtime=0) as f:
-                for d in chunk:
-                    f.write((json.dumps(d, ensure_ascii=False) + "\n").encode())
+        if fmt != "warc":  # the language is for checking results, not an input the pipeline trusts
+            chunk = [{**{x: v for x, v in d.items() if x != "lang"}, "meta_lang": d["lang"]} for d in chunk]
+        p = os.path.join(target_dir, f"part-{k:05d}.{ext}")
+        write_docs(chunk, p, fmt)
         paths.append(p)
     return paths
