@@ -82,6 +82,11 @@ class Operator:
         raise NotImplementedError(f"{type(self).__name__} is a {self.kind} operator")
 
     @classmethod
+    def columns_added(cls, params: "Params") -> frozenset[str]:
+        """Columns this configuration adds (override when they depend on params)."""
+        return frozenset(cls.adds)
+
+    @classmethod
     def describe(cls) -> str:
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 

@@ -119,7 +119,7 @@ class Executor:
         cls = self.loaded.operators[step_id]
         params = self.loaded.params[step_id]
         spec = self.loaded.step(step_id)
-        res = cls.resources
+        res = self.loaded.resources[step_id]
         common = dict(batch_format="pyarrow", batch_size=res.batch_size, num_cpus=res.num_cpus,
                       zero_copy_batch=False)
         if res.num_gpus:

@@ -56,6 +56,8 @@ class StepSpec(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     input: str | list[str] | None = None
     write_rejected: bool = True
+    resources: dict[str, Any] = Field(default_factory=dict,
+                                      description="override the operator's resources, e.g. {num_gpus: 1, concurrency: 2}")
 
     @field_validator("params", mode="before")
     @classmethod
@@ -87,6 +89,7 @@ class LoadedRecipe:
     operators: dict[str, type[Operator]]  # step id -> operator class
     params: dict[str, Any]  # step id -> validated params model
     columns: dict[str, set[str]]  # step id -> columns available after the step
+    resources: dict[str, Any] = field(default_factory=dict)  # step id -> Resources (operator's + overrides)
     source_columns: set[str] = field(default_factory=set)
     source_fingerprint: list = field(default_factory=list)  # (file, size, mtime) of the inputs
 
@@ -230,6 +233,7 @@ def load_recipe(path: str, overrides: list[str] = (), check_inputs: bool = True)
 
     ops: dict[str, type[Operator]] = {}
     params: dict[str, Any] = {}
+    resources: dict[str, Any] = {}
     seen: dict[str, int] = {}
     for i, s in enumerate(recipe.steps):
         at = where(("steps", i))
@@ -251,6 +255,13 @@ def load_recipe(path: str, overrides: list[str] = (), check_inputs: bool = True)
         if missing_mods:
             problems.append(f"{at}: step {s.id!r}: operator {s.op!r} needs module(s) {', '.join(missing_mods)}; "
                             "install them (pip install ...)")
+        try:
+            resources[s.id] = cls.resources.model_validate({**cls.resources.model_dump(), **s.resources})
+        except ValidationError as e:
+            for err in e.errors():
+                loc = ("steps", i, "resources") + tuple(err["loc"])
+                problems.append(f"{where(loc)}: step {s.id!r}: resources.{'.'.join(map(str, err['loc']))}="
+                                f"{err.get('input')!r}: {_expected(err)} (takes: {', '.join(type(cls.resources).model_fields)})")
         try:
             params[s.id] = cls.Params.model_validate(s.params)
         except ValidationError as e:
@@ -275,7 +286,7 @@ def load_recipe(path: str, overrides: list[str] = (), check_inputs: bool = True)
     if problems:
         raise RecipeError(problems)
 
-    loaded = LoadedRecipe(recipe=recipe, path=path, operators=ops, params=params, columns={})
+    loaded = LoadedRecipe(recipe=recipe, path=path, operators=ops, params=params, columns={}, resources=resources)
     cycle = dag.find_cycle(recipe.steps)
     if cycle:
         i = ids.index(cycle[0])
@@ -295,7 +306,7 @@ def load_recipe(path: str, overrides: list[str] = (), check_inputs: bool = True)
             fix = f"add a step with {' or '.join(adders)} before it" if adders else "provide them in the input"
             problems.append(f"{where(('steps', i, 'op'))}: step {sid!r}: {cls.name} needs column(s) "
                             f"{', '.join(missing)} that nothing before it provides; {fix}")
-        loaded.columns[sid] = have | set(cls.adds)
+        loaded.columns[sid] = have | set(cls.columns_added(loaded.params[sid]))
     if problems:
         raise RecipeError(problems)
     return loaded

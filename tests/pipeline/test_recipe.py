@@ -162,3 +162,12 @@ def test_cli_entry_point_and_ops_listing():
                          check=True).stdout
     for name in ("length_filter", "exact_dedup", "sample"):
         assert name in out
+
+
+def test_step_resources_override_is_validated(tmp_path, corpus):
+    p = write(tmp_path, corpus, "- {id: pick, op: sample, resources: {batch_size: 64, num_gpus: 0}}\n")
+    loaded = load_recipe(p)
+    assert loaded.resources["pick"].batch_size == 64 and loaded.resources["pick"].num_cpus == 1
+    bad = write(tmp_path, corpus, "- {id: pick, op: sample, resources: {num_gpu: 1}}\n")
+    msg = problems(bad)
+    assert "step 'pick'" in msg and "resources.num_gpu" in msg and "num_gpus" in msg
