@@ -24,6 +24,7 @@ The token vocabulary follows trafilatura 2.3.1's ``xpaths.py`` (Apache-2.0, Adri
 from __future__ import annotations
 
 import re
+from html import unescape as html_unescape
 
 from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.html import HTMLTree
@@ -178,38 +179,31 @@ def mark(html: str) -> str:
     return _TAG_RE.sub(_mark_tag, html)
 
 
-_ALWAYS_SKIP = ["aside", "nav", "footer", "form", "figure", "figcaption", "button", "select", "iframe",
+# descendants of the container that are never main text (trafilatura's MANUALLY_CLEANED, the marked
+# boilerplate); "body > * " scopes them to the container, which is body's only child when rendered
+_ALWAYS_SKIP = ["aside", "nav", "footer", "form", "figure", "figcaption", "button", "select", "iframe", "menu",
                 "[role=navigation]", "[aria-hidden=true]", "[hidden]"]
-_SKIP_SEL = ", ".join(_ALWAYS_SKIP)
+_SKIP = ["body > * " + s for s in _ALWAYS_SKIP]
+_SKIP_BP = _SKIP + ["body > * [data-gmd]"]
 MIN_TEXT = 250
 
-
+# trafilatura cleans aside / nav / footer / menu / figure out of the tree before it looks for the
+# container: a candidate inside one of them (a teaser "post" in a sidebar) is not a candidate
+_NOT_IN = ":not(aside *):not(nav *):not(footer *):not(menu *):not(figure *)"
 # stage 2 is any <article>, stage 5 includes any <main>: also those without attributes, which
 # the tag regex does not see
-_STAGE_SEL = ('[data-gmc="1"]', 'article', '[data-gmc="3"]', '[data-gmc="4"]', '[data-gmc="5"], main')
+_STAGE_SEL = tuple(", ".join(part + _NOT_IN for part in sel.split(", ")) for sel in (
+    '[data-gmc="1"]', 'article', '[data-gmc="3"]', '[data-gmc="4"]', '[data-gmc="5"], main'))
 
 
-def _candidates(root):
-    """The first element of each BODY_XPATH stage, in trafilatura's order."""
+def _candidates(root) -> list[tuple[str, object]]:
+    """(selector, element): the first element of each BODY_XPATH stage, in trafilatura's order."""
     out = []
     for sel in _STAGE_SEL:
         el = root.query_selector(sel)
-        if el is not None and all(el is not o for o in out):
-            out.append(el)
+        if el is not None and all(el is not o for _, o in out):
+            out.append((sel, el))
     return out
-
-
-def _prune(container) -> bool:
-    """Drop boilerplate elements inside ``container``. Returns False when that removed more than
-    6/7 of its text (trafilatura's over-pruning guard): the caller then starts again unpruned."""
-    container.setattr("data-gmk", "")
-    outer = container.query_selector_all("[data-gmk] [data-gmd]:not([data-gmk] [data-gmd] *)")
-    if not len(outer):
-        return True
-    total = len(container.text)
-    for el in outer:
-        el.decompose()
-    return len(container.text) > total / 7
 
 
 def page_meta(tree: HTMLTree) -> tuple[str | None, str | None]:
@@ -222,10 +216,98 @@ def page_meta(tree: HTMLTree) -> tuple[str | None, str | None]:
     return title, lang
 
 
-# fall back to trafilatura (on the container only) when resiliparse's main-content pass drops
-# more than this share of the container's text: its heuristics disagree with the container and
-# trafilatura's finer rules (lists, headings, link density) win there (measured, see README)
-CASCADE_RATIO = 0.95
+# -- 3. trafilatura's block rules on resiliparse's minimal-HTML rendering -----------------------
+# resiliparse renders the container as "minimal HTML": <p>, <h1-6>, <ul>/<ol> (top level at the
+# start of a line, nested ones indented), <pre>, <a href> with links=True; any other text comes
+# as plain lines (div / span / td / blockquote text). trafilatura keeps paragraphs, headings and
+# lists, drops link-dense blocks, and keeps loose div text only when the container has little
+# paragraph text. These rules run as regex passes over that small string.
+_BLOCK = re.compile(r"^(?:<(p|h[1-6]|pre)>(.*?)</\1>|<(ul|ol)>\n(.*?)\n</\3>)\s*$|^([^\n]*)$", re.S | re.M)
+_TAG = re.compile(r"<[^>]+>")
+_LINK = re.compile(r"<a [^>]*>(.*?)</a>", re.S)
+_ITEM = re.compile(r"<li>(.*?)</li>", re.S)
+_SPACES = re.compile("[\u00a0\u2000-\u200a\u202f\u205f\u3000]")
+# a container whose paragraphs hold less text than this also contributes its loose lines
+# (trafilatura: div text counts when <p> text < 3 x MIN_EXTRACTED_SIZE)
+LOOSE_MIN = 1500
+LOOSE_MIN_PAGE = 500  # same, when no container was found and the whole page is rendered
+# keep adding the next container stage while the text is shorter than this (trafilatura goes on
+# to the next BODY_XPATH stage while the result is nearly empty)
+ENOUGH = 750
+
+
+def _link_dense(inner: str, kind: str, last: bool) -> bool:
+    """trafilatura's link_density_test on one rendered block."""
+    links = _LINK.findall(inner)
+    if not links:
+        return False
+    text = " ".join(_TAG.sub("", inner).split())
+    links = [" ".join(_TAG.sub("", a).split()) for a in links]
+    if len(links) == 1 and len(links[0]) > 100 and len(links[0]) > len(text) * 0.9:
+        return True
+    limit = (60 if last else 30) if kind == "p" else (300 if last else 100)
+    links = [a for a in links if a]
+    if len(text) < limit:
+        if not links:
+            return True
+        linklen = sum(map(len, links))
+        short = sum(1 for a in links if len(a) < 10)
+        return linklen > len(text) * 0.8 or (len(links) > 1 and short / len(links) > 0.8)
+    if len(links) > 4:
+        linklen = sum(map(len, links))
+        return linklen > len(text) * 0.9 and linklen < 100 * len(links)
+    return False
+
+
+def _blocks(rendered: str, loose_min: int) -> list[tuple[str, str]]:
+    """Kept (kind, text) blocks of one minimal-HTML rendering: p / h / l (list) / t (loose line)."""
+    blocks = []
+    for m in _BLOCK.finditer(rendered):
+        if m.group(1):
+            blocks.append((m.group(1)[0], m.group(2)))
+        elif m.group(3):
+            blocks.append(("l", m.group(4)))
+        elif m.group(5).strip():
+            blocks.append(("t", m.group(5)))
+    keep_loose = sum(len(b) for k, b in blocks if k == "p") < loose_min
+    out: list[tuple[str, str]] = []
+    dropped = False
+    n = len(blocks)
+    for i, (kind, inner) in enumerate(blocks):
+        if (kind == "t" and not keep_loose) or (kind != "h" and _link_dense(inner, kind, i == n - 1)):
+            dropped = True
+            continue
+        # a heading whose section was dropped (link list, teaser lines) or that is followed by
+        # another heading heads nothing
+        if dropped or kind == "h":
+            if out and out[-1][0] == "h":
+                out.pop()
+        dropped = False
+        if kind == "l":
+            text = "\n".join("- " + t for t in (_TAG.sub("", x).strip() for x in _ITEM.findall(inner)) if t)
+        else:
+            text = _TAG.sub("", inner).strip()
+        if text:
+            out.append((kind, text))
+    while out and out[-1][0] == "h":  # trailing headings (trafilatura's NOT_AT_THE_END)
+        out.pop()
+    return out
+
+
+def _render(tree: HTMLTree, main_content: bool, skip: list[str] | None) -> str:
+    return extract_plain_text(tree, preserve_formatting="minimal_html", main_content=main_content, links=True,
+                              list_bullets=True, comments=False, post_meta=False, skip_elements=skip)
+
+
+def _finish(blocks: list[tuple[str, str]]) -> str:
+    text = html_unescape("\n".join(t for _, t in blocks))
+    # trafilatura's output has plain spaces and no soft hyphens
+    return _SPACES.sub(" ", text).replace("\u00ad", "")
+
+
+# pages whose fast text is shorter than this many characters are re-extracted by trafilatura
+# (fast mode, whole page): a short text means the container heuristics found nothing reliable
+FALLBACK_CHARS = 500
 
 
 def _trafilatura(html: str) -> str:
@@ -234,31 +316,41 @@ def _trafilatura(html: str) -> str:
     return trafilatura.extract(html, fast=True, include_comments=False) or ""
 
 
-def extract_fast(html: str, cascade: float | None = None) -> tuple[str, str | None, str | None]:
-    """Main text, title and declared language of one decoded HTML page. ``cascade``: the share of
-    the container's text resiliparse's heuristics may drop before trafilatura takes over
-    (default CASCADE_RATIO; 0 = never)."""
-    ratio = CASCADE_RATIO if cascade is None else cascade
+def extract_fast(html: str, fallback_chars: int | None = None) -> tuple[str, str | None, str | None]:
+    """Main text, title and declared language of one decoded HTML page. ``fallback_chars``:
+    trafilatura re-extracts pages whose text is shorter (default FALLBACK_CHARS; 0 = never)."""
+    limit = FALLBACK_CHARS if fallback_chars is None else fallback_chars
     marked = mark(html)
     tree = HTMLTree.parse(marked)
     title, lang = page_meta(tree)
-    body = tree.body
-    if body is None:
+    if tree.body is None:
         return "", title, lang
-    for cand in _candidates(body):
-        if not _prune(cand):  # over-pruned: parse again, keep this container whole
+    acc: list[tuple[str, str]] = []
+    used = False
+    for sel, cand in _candidates(tree.body):
+        if used:  # the previous candidate replaced <body>'s children: start from a fresh tree
             tree = HTMLTree.parse(marked)
-            body = tree.body
-            cand = body.query_selector(f'[data-gmc="{cand.getattr("data-gmc")}"]')
-        if len(cand.text.strip()) < MIN_TEXT:
+            cand = tree.body.query_selector(sel)
+            if cand is None:
+                continue
+        total = len(cand.text)
+        tree.body.replace_children(cand)
+        used = True
+        rendered = _render(tree, False, _SKIP_BP)
+        plain = len(_TAG.sub("", rendered))
+        if plain * 7 < total:  # boilerplate marks took nearly everything: trafilatura's guard
+            rendered = _render(tree, False, _SKIP)
+            plain = len(_TAG.sub("", rendered))
+        if plain < MIN_TEXT:
             continue
-        for el in cand.query_selector_all(_SKIP_SEL):
-            el.decompose()
-        body.replace_children(cand)
-        text = extract_plain_text(tree, main_content=True, comments=False, post_meta=False)
-        if ratio > 0:
-            full = extract_plain_text(tree, main_content=False, comments=False, post_meta=False)
-            if len(text) < ratio * len(full):
-                return _trafilatura("<html><body>" + cand.html + "</body></html>"), title, lang
-        return text, title, lang
-    return extract_plain_text(tree, main_content=True, comments=False, post_meta=False), title, lang
+        acc.extend(_blocks(rendered, LOOSE_MIN))
+        if sum(len(t) for _, t in acc) >= ENOUGH:
+            break
+    else:
+        if used:
+            tree = HTMLTree.parse(marked)
+        acc.extend(_blocks(_render(tree, True, None), LOOSE_MIN_PAGE))
+    text = _finish(acc)
+    if limit and len(text) < limit:
+        text = _trafilatura(html) or text
+    return text, title, lang

@@ -28,13 +28,14 @@ def main(argv=None) -> int:
     ap.add_argument("--extractors", default=",".join(EXTRACTORS))
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cascade", type=float, default=None, help="cascade ratio of the fast extractor")
+    ap.add_argument("--fallback-chars", type=int, default=None,
+                    help="fast extractor: trafilatura re-extracts pages whose text is shorter (0 = never)")
     ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args(argv)
-    if args.cascade is not None:
+    if args.fallback_chars is not None:
         import operators._extract_fast as fx
 
-        fx.CASCADE_RATIO = args.cascade
+        fx.FALLBACK_CHARS = args.fallback_chars
     warnings.filterwarnings("ignore")
     logging.getLogger("trafilatura").setLevel(logging.CRITICAL)
     pages, _ = select(load_pages(args.which, with_content_type=True), load_gold(args.which), args.limit, args.seed)

@@ -34,7 +34,7 @@ def extractor_fn(name: str):
         if text is None:
             return None
         if name == "fast_nocascade":
-            return _extract_one("fast", text, 0.0)[0]
+            return _extract_one("fast", text, 0)[0]
         return _extract_one(name, text, None)[0]
 
     return run
@@ -53,12 +53,13 @@ def main(argv=None) -> int:
     ap.add_argument("--extractors", default=",".join(EXTRACTORS))
     ap.add_argument("--limit", type=int, default=None, help="random subset of this many pages")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cascade", type=float, default=None, help="cascade ratio of the fast extractor")
+    ap.add_argument("--fallback-chars", type=int, default=None,
+                    help="fast extractor: trafilatura re-extracts pages whose text is shorter (0 = never)")
     args = ap.parse_args(argv)
-    if args.cascade is not None:
+    if args.fallback_chars is not None:
         import operators._extract_fast as fx
 
-        fx.CASCADE_RATIO = args.cascade
+        fx.FALLBACK_CHARS = args.fallback_chars
     warnings.filterwarnings("ignore")
     import logging
 

@@ -181,18 +181,52 @@ def test_sample_warc_pages_extract_in_every_charset(tmp_path, extractor):
         assert row["html_lang"] == i["language"]
 
 
-def test_fast_cascade_hands_list_heavy_containers_to_trafilatura(monkeypatch):
+def test_fast_falls_back_to_trafilatura_only_on_near_empty_text(monkeypatch):
+    import operators._extract_fast as fx
+
+    calls = []
+    monkeypatch.setattr(fx, "_trafilatura", lambda h: calls.append(h) or "from trafilatura")
+    text, _, _ = fx.extract_fast(page(), fallback_chars=500)  # a full article: no fallback
+    assert not calls and ARTICLE in text
+    tiny = "<html><body><div><p>Kurz.</p></div></body></html>"
+    text, _, _ = fx.extract_fast(tiny, fallback_chars=500)
+    assert calls == [tiny] and text == "from trafilatura"
+    calls.clear()
+    text, _, _ = fx.extract_fast(tiny, fallback_chars=0)
+    assert not calls and "Kurz." in text
+    # the operator: cascade=0 means never
+    HtmlExtract(cascade=0.0)(table([tiny.encode()]))
+    assert not calls
+    HtmlExtract()(table([tiny.encode()]))
+    assert len(calls) == 1
+
+
+def test_fast_block_rules_lists_links_headings_spaces():
     import operators._extract_fast as fx
 
     items = "".join(f"<li>Schritt {i}: den Boden gründlich lockern und danach gleichmäßig wässern</li>"
-                    for i in range(12))
-    html = page(body_extra="").replace(f"<p>{ARTICLE2}</p>", f"<p>{ARTICLE2}</p><ul>{items}</ul>")
-    calls = []
-    real = fx._trafilatura
-    monkeypatch.setattr(fx, "_trafilatura", lambda h: calls.append(h) or real(h))
-    text, _, _ = fx.extract_fast(html, cascade=1.0)  # any loss at all triggers the fallback
-    assert calls and "entry-content" in calls[0] and "Startseite" not in calls[0]
-    assert ARTICLE in text
-    calls.clear()
-    fx.extract_fast(html, cascade=0.0)
-    assert not calls
+                    for i in range(6))
+    links = "".join(f'<li><a href="/n{i}">Meldung {i}</a></li>' for i in range(8))
+    more = "".join(f"<p>{i}. {ARTICLE}</p>" for i in range(6))  # a paragraph-rich container
+    body = (f"{more}<ul>{items}</ul><h2>Mehr zum Thema</h2><ul>{links}</ul>"
+            "<p>Die Ergebnisse erscheinen im Frühjahr&nbsp;2025 in einer Fachzeitschrift.</p>"
+            "<div>Foto: Agentur</div><h3>Weitere Artikel</h3>")
+    html = page().replace(f"<p>{ARTICLE2}</p>", f"<p>{ARTICLE2}</p>{body}")
+    text, _, _ = fx.extract_fast(html, fallback_chars=0)
+    assert "- Schritt 0: den Boden" in text and "Schritt 5" in text  # content list kept, as items
+    assert "Meldung" not in text  # link list dropped (link density)
+    assert "Mehr zum Thema" not in text  # its heading goes with it
+    assert "Weitere Artikel" not in text  # trailing heading
+    assert "Foto: Agentur" not in text  # loose line in a paragraph-rich container
+    assert "im Frühjahr 2025 in" in text  # no-break space normalised as trafilatura does
+    assert ARTICLE in text and ARTICLE2 in text
+
+
+def test_fast_skips_containers_inside_sidebars():
+    import operators._extract_fast as fx
+
+    teaser = ('<aside><div class="post"><p>' + "Ein Teaser aus der Seitenleiste mit reichlich Text. " * 8
+              + "</p></div></aside>")
+    html = page().replace('<div class="layout">', '<div class="layout">' + teaser)
+    text, _, _ = fx.extract_fast(html, fallback_chars=0)
+    assert ARTICLE in text and "Teaser" not in text
