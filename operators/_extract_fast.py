@@ -182,7 +182,9 @@ def mark(html: str) -> str:
 # descendants of the container that are never main text (trafilatura's MANUALLY_CLEANED, the marked
 # boilerplate); "body > * " scopes them to the container, which is body's only child when rendered
 _ALWAYS_SKIP = ["aside", "nav", "footer", "form", "figure", "figcaption", "button", "select", "iframe", "menu",
-                "[role=navigation]", "[aria-hidden=true]", "[hidden]"]
+                "time", "label", "fieldset", "legend", "dialog", "textarea", "datalist", "output", "progress",
+                "video", "audio", "canvas", "svg", "map", "picture", "object", "embed", "applet", "frame",
+                "marquee", "noscript", "[role=navigation]", "[aria-hidden=true]", "[hidden]"]
 _SKIP = ["body > * " + s for s in _ALWAYS_SKIP]
 _SKIP_BP = _SKIP + ["body > * [data-gmd]"]
 MIN_TEXT = 250
@@ -234,6 +236,8 @@ LOOSE_MIN_PAGE = 500  # same, when no container was found and the whole page is 
 # keep adding the next container stage while the text is shorter than this (trafilatura goes on
 # to the next BODY_XPATH stage while the result is nearly empty)
 ENOUGH = 750
+KEEP_ROWS = True
+LOOSE_LONG = 400
 
 
 def _link_dense(inner: str, kind: str, last: bool) -> bool:
@@ -274,7 +278,9 @@ def _blocks(rendered: str, loose_min: int) -> list[tuple[str, str]]:
     dropped = False
     n = len(blocks)
     for i, (kind, inner) in enumerate(blocks):
-        if (kind == "t" and not keep_loose) or (kind != "h" and _link_dense(inner, kind, i == n - 1)):
+        if ((kind == "t" and not keep_loose and not (KEEP_ROWS and "\t" in inner)
+             and not (LOOSE_LONG and len(inner) >= LOOSE_LONG))
+                or (kind != "h" and _link_dense(inner, kind, i == n - 1))):
             dropped = True
             continue
         # a heading whose section was dropped (link list, teaser lines) or that is followed by
