@@ -609,7 +609,10 @@ class MinHashDedup(Operator):
         mb = dict(batch_format="pyarrow")
         # one pass over the input: rows + doc key + band keys, kept in the object store (the text
         # is read again by the verification and output maps, and never shuffled)
-        ds = ds.map_batches(add_signature_columns, fn_kwargs={"cfg": cfg}, batch_size=p.batch_size, **mb).materialize()
+        # (big input blocks are first split into blocks of batch_size rows, without a shuffle, so
+        # that one big block is not one task)
+        ds = ds.repartition(target_num_rows_per_block=p.batch_size).map_batches(
+            add_signature_columns, fn_kwargs={"cfg": cfg}, batch_size=p.batch_size, **mb).materialize()
         n_docs = ds.count()
         tick(f"signatures of {n_docs} docs")
         parts = p.num_partitions or max(ctx.num_partitions(), min(512, math.ceil(n_docs / 100_000)))
