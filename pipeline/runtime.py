@@ -7,6 +7,9 @@ import os
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local runs: no token files in ~/.ray
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# Ray keeps ~one idle worker per CPU; shuffle reducers and actors then restart Python worker
+# processes at every stage (5-10 s each on 2 cores). Keeping a few more idle workers avoids it.
+os.environ.setdefault("RAY_num_workers_soft_limit", str(max(8, 2 * (os.cpu_count() or 2))))
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = False,

@@ -96,7 +96,7 @@ JUNK = ["Click here to subscribe!", "Home | About | Contact", "404 Not Found", "
 
 
 def multilingual_docs(n_docs: int = 2000, seed: int = 0) -> list[dict]:
-    """Documents of 3-12 sentences per language, with planted exact duplicates (~5%, some
+    """Documents of 3-10 distinct sentences in one of 8 languages, with planted exact duplicates (~5%, some
     differing only in case/whitespace) and boilerplate-only junk (~5%) for filters to catch."""
     rng = random.Random(seed)
     langs, weights = zip(*WEIGHTS.items())
@@ -111,14 +111,13 @@ def multilingual_docs(n_docs: int = 2000, seed: int = 0) -> list[dict]:
             text, lang = " ".join(rng.sample(JUNK, rng.randint(1, 2))), "und"
         else:
             lang = rng.choices(langs, weights)[0]
-            sents = SENTENCES[lang]
-            k = rng.randint(3, 12)
+            chosen = rng.sample(SENTENCES[lang], rng.randint(3, len(SENTENCES[lang])))  # no repeats
+            sep = "" if lang == "zh" else " "
             paras = []
-            while k > 0:
-                m = min(k, rng.randint(1, 4))
-                sep = "" if lang == "zh" else " "
-                paras.append(sep.join(rng.choice(sents) for _ in range(m)))
-                k -= m
+            while chosen:
+                m = min(len(chosen), rng.randint(1, 4))
+                paras.append(sep.join(chosen[:m]))
+                chosen = chosen[m:]
             text = "\n\n".join(paras)
         docs.append({"id": f"sample-{i:06d}", "text": text, "lang": lang,
                      "url": f"https://example.{lang}/page/{i}", "source": "sample"})
