@@ -21,8 +21,8 @@ from pipeline import dag
 from pipeline.dag import SOURCE
 from pipeline.io import read_input, read_step_output, text_bytes, write_dataset
 from pipeline.recipe import LoadedRecipe, expand_paths
-from pipeline.stats import (LEDGER, STATS, batch_key, check_invariants, collect, format_step_line,
-                            ledger_record)
+from pipeline.stats import (LEDGER, STATS, Progress, batch_key, check_invariants, collect,
+                            format_step_line, ledger_record)
 from pipeline.storage import Store
 
 MARKER = "_COMPLETE.json"
@@ -95,6 +95,7 @@ class RunOptions:
     resume: bool = True
     progress: bool = True
     quiet: bool = False
+    progress_every: float = 10.0  # seconds between progress lines while a segment runs
 
 
 class Executor:
@@ -236,7 +237,9 @@ class Executor:
                 self.store.rmtree(f"rejected/{s}")
             self.say(f"[gristmill] running {' -> '.join(seg)} ...")
             t0 = time.perf_counter()
-            written = write_dataset(self._plan(target, target), self.store, target, self.loaded.recipe.shard_bytes)
+            with Progress(self.store, seg, self.say, interval=0 if self.opt.quiet else self.opt.progress_every):
+                written = write_dataset(self._plan(target, target), self.store, target,
+                                        self.loaded.recipe.shard_bytes)
             wall = time.perf_counter() - t0
             for s in seg:
                 st = collect(self.store, s)

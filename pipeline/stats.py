@@ -90,6 +90,50 @@ def format_step_line(s: dict) -> str:
             f"dropped {s['docs_dropped']:>8,}{' (' + drops + ')' if drops else ''}  {state}{rate}")
 
 
+class Progress:
+    """While a segment runs, print a line every `interval` seconds with the docs each step has
+    handled so far, read incrementally from the ledger files the workers write."""
+
+    def __init__(self, store, steps: list[str], say, interval: float = 10.0):
+        import threading
+
+        self.store, self.steps, self.say, self.interval = store, steps, say, interval
+        self.seen: dict[str, set] = {s: set() for s in steps}
+        self.docs: dict[str, int] = {s: 0 for s in steps}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.t0 = time.perf_counter()
+
+    def __enter__(self):
+        if self.interval > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+
+    def poll(self) -> bool:
+        changed = False
+        for s in self.steps:
+            for path in self.store.list(f"{LEDGER}/{s}", ".json"):
+                if path in self.seen[s]:
+                    continue
+                try:
+                    rec = self.store.read_json(path[len(self.store.root) + 1:])
+                except (OSError, ValueError):
+                    continue  # being replaced right now; next tick
+                self.seen[s].add(path)
+                self.docs[s] += rec["docs_in"]
+                changed = True
+        return changed
+
+    def _loop(self):
+        while not self._stop.wait(self.interval):
+            if self.poll():
+                done = "  ".join(f"{s} {self.docs[s]:,}" for s in self.steps)
+                self.say(f"[gristmill]   {time.perf_counter() - self.t0:5.0f}s  docs handled: {done}")
+
+
 class Timer:
     def __enter__(self):
         self.t0 = time.perf_counter()
