@@ -1,25 +1,32 @@
 """gristmill's fast main-content extractor ("fast"): resiliparse's Lexbor DOM + trafilatura-style
-container selection and boilerplate pruning, text rendered by resiliparse's C++ code, and a
-trafilatura fallback on the container only where the fast path looks unreliable.
+container selection, boilerplate pruning and block rules, text rendered by resiliparse's C++ code;
+trafilatura itself only for the ~1 % of pages where that finds almost nothing.
 
 Per page:
 1. one regex pass over the start tags of the raw HTML classifies their class / id / role / style
    (cached per distinct tag) and marks them: ``data-gmc=<stage>`` for main-container candidates
    (trafilatura's BODY_XPATH stages 1-5), ``data-gmd`` for boilerplate (trafilatura's discard
    vocabulary: navigation, share, comments, related, author boxes, ads, hidden ...);
-2. parse with resiliparse (Lexbor, C); the container is the first element of the first stage
-   that has >= MIN_TEXT characters;
-3. inside it, the outermost marked boilerplate elements are dropped (unless that removes more than
-   6/7 of its text: trafilatura's over-pruning guard), plus aside / nav / footer / form / figure;
-4. the container becomes the only child of <body>; resiliparse renders it twice, with and
-   without its main-content heuristics. If the heuristics drop more than 5 % of the container's
-   text (CASCADE_RATIO), they disagree with the container (they drop lists, headings, short
-   paragraphs that are content): trafilatura (fast mode, no comments) then extracts the
-   container's HTML only — a fraction of the page, so a fraction of its cost. This happens on
-   about one page in five.
-5. no container: resiliparse's main-content extraction of the whole page.
+2. parse with resiliparse (Lexbor, C); the candidates are the first element of each stage that
+   is not inside aside / nav / footer / menu / figure (trafilatura removes those before it looks);
+3. the candidate becomes <body>'s only child and resiliparse renders it as minimal HTML
+   (<p>, <h1-6>, <ul>/<ol>, <a>), skipping marked boilerplate and trafilatura's
+   MANUALLY_CLEANED elements (skip_elements: no Python DOM loop; unless that removes more than
+   6/7 of its text: trafilatura's over-pruning guard);
+4. trafilatura's block rules as regex passes over that string: paragraphs, headings and lists
+   are kept, link-dense blocks dropped (trafilatura's link_density_test thresholds), loose lines
+   (div / span text) kept only in containers with little paragraph text, or when they are table
+   rows or paragraph-long; headings whose section was dropped, and trailing headings and short
+   non-sentence lines (credits, captions, "Share") are dropped; no-break spaces become spaces
+   and soft hyphens go, as in trafilatura's output;
+5. while the text is shorter than ENOUGH characters, the next stage's candidate is added
+   (trafilatura moves on to the next BODY_XPATH stage when one yields almost nothing); with no
+   usable candidate the whole page is rendered with resiliparse's main-content heuristics and
+   the same block rules;
+6. text shorter than FALLBACK_CHARS: trafilatura (fast mode, no comments) extracts the page.
 
-The token vocabulary follows trafilatura 2.3.1's ``xpaths.py`` (Apache-2.0, Adrien Barbaresi).
+The token vocabulary and thresholds follow trafilatura 2.3.1 (``xpaths.py``, ``settings.py``,
+``htmlprocessing.py``; Apache-2.0, Adrien Barbaresi).
 """
 from __future__ import annotations
 
@@ -236,8 +243,10 @@ LOOSE_MIN_PAGE = 500  # same, when no container was found and the whole page is 
 # keep adding the next container stage while the text is shorter than this (trafilatura goes on
 # to the next BODY_XPATH stage while the result is nearly empty)
 ENOUGH = 750
-KEEP_ROWS = True
-LOOSE_LONG = 400
+KEEP_ROWS = True  # loose lines with a tab are table rows: kept (trafilatura keeps tables)
+LOOSE_LONG = 400  # loose lines this long are kept anyway (a paragraph written without <p>)
+TRAIL_SHORT = 100
+_SENTENCE_END = re.compile(r'[.!?:"\u201c\u201d\u00bb)]\s*$')
 
 
 def _link_dense(inner: str, kind: str, last: bool) -> bool:
@@ -295,7 +304,10 @@ def _blocks(rendered: str, loose_min: int) -> list[tuple[str, str]]:
             text = _TAG.sub("", inner).strip()
         if text:
             out.append((kind, text))
-    while out and out[-1][0] == "h":  # trailing headings (trafilatura's NOT_AT_THE_END)
+    # trailing headings (trafilatura's NOT_AT_THE_END), and trailing short lines that are no
+    # sentence (credits, captions, "Share", "Newsletter")
+    while out and (out[-1][0] == "h" or (out[-1][0] in "pt" and len(out[-1][1]) < TRAIL_SHORT
+                                         and not _SENTENCE_END.search(out[-1][1]))):
         out.pop()
     return out
 
