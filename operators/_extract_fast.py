@@ -356,9 +356,11 @@ def extract_fast(html: str, fallback_chars: int | None = None) -> tuple[str, str
         used = True
         rendered = _render(tree, False, _SKIP_BP)
         plain = len(_TAG.sub("", rendered))
-        if plain * 7 < total:  # boilerplate marks took nearly everything: trafilatura's guard
-            rendered = _render(tree, False, _SKIP)
-            plain = len(_TAG.sub("", rendered))
+        if plain * 7 < total:  # (.text counts script / style too: confirm on the rendered text)
+            whole = _render(tree, False, _SKIP)
+            whole_plain = len(_TAG.sub("", whole))
+            if plain * 7 < whole_plain:  # boilerplate marks took nearly everything: trafilatura's guard
+                rendered, plain = whole, whole_plain
         if plain < MIN_TEXT:
             continue
         acc.extend(_blocks(rendered, LOOSE_MIN))
