@@ -49,6 +49,8 @@ PUNCTUATION = "!/—”:％１〈&(、━\\【#%「」，】；+^]~“《„';�
 )
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 POLICY_SUBSTRINGS = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
+_MIX = np.uint64(0x100000001B3)  # n-gram hash combination
+_GOLD = np.uint64(0x9E3779B97F4A7C15)
 _LINEBREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # str.splitlines() splits on these and \n
 
 
@@ -74,20 +76,25 @@ class _LangParams(Params):
     use_language_column: bool = Field(True, description="pick the word tokenizer from the `language` column when present")
 
 
-# -- shared word statistics (cached for consecutive filters on the same batch) ---------------
+# -- shared word statistics ------------------------------------------------------------------
+# The four filters run one after another on the same rows (fewer after each drop). Tokenizing is
+# most of their cost, so the per-token features of the last batches are kept in this process,
+# keyed per row by a hash of (text, language): a later filter that sees a subset of those rows
+# (or the same rows in a new Arrow table) gathers their tokens instead of tokenizing again.
+_TOKEN_SEED = 0x5EED
 _cache_lock = threading.Lock()
-_CACHE: list[tuple[tuple, object, dict]] = []
+_CACHE: list[dict] = []
+CACHE_ENTRIES = 3  # batches remembered per process
+CACHE_MAX_TOKENS = 6_000_000  # a bigger batch is not remembered
 
 
-def _signature(arr: pa.ChunkedArray) -> tuple:
-    sig = []
-    for ch in arr.chunks:
-        bufs = ch.buffers()
-        sig.append((ch.offset, len(ch), tuple(b.address if b is not None else 0 for b in bufs)))
-    return tuple(sig)
+def clear_caches() -> None:
+    """Forget the remembered tokens (benchmarks call this before timing)."""
+    with _cache_lock:
+        _CACHE.clear()
 
 
-def _languages(batch: pa.Table, p: _LangParams) -> pl.Series | None:
+def _languages(batch: pa.Table, p: _LangParams) -> pl.Series:
     if p.use_language_column and "language" in batch.column_names:
         langs = pl.from_arrow(batch.column("language"))
         if isinstance(langs, pl.DataFrame):
@@ -103,35 +110,97 @@ def _text(batch: pa.Table) -> pl.Series:
     return s.cast(pl.String).fill_null("")
 
 
-def word_stats(batch: pa.Table, p: _LangParams) -> dict:
-    """Tokens of every row with per-token features; reused while the text buffers are the same."""
+def _row_keys(texts: pl.Series, langs: pl.Series) -> np.ndarray:
+    """64-bit key of (text, language) per row; equal rows share tokens."""
+    th = texts.hash(seed=_TOKEN_SEED).to_numpy()
+    lh = langs.hash(seed=_TOKEN_SEED + 1).to_numpy()
+    with np.errstate(over="ignore"):
+        return th ^ (lh * np.uint64(0x9E3779B97F4A7C15) + np.uint64(0x632BE59BD9B4E019))
+
+
+def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + l) for every (s, l) (vectorized)."""
+    lens = lens.astype(np.int64)
+    total = int(lens.sum())
+    if not total:
+        return np.zeros(0, np.int64)
+    out_start = np.cumsum(lens) - lens
+    return np.repeat(starts.astype(np.int64) - out_start, lens) + np.arange(total, dtype=np.int64)
+
+
+_TOKEN_FIELDS = ("h", "len", "non_symbol", "has_alpha")
+
+
+def _tokenize_rows(texts: pl.Series, langs: pl.Series) -> dict:
     from operators._words import split_words
 
-    text_col = batch.column("text")
-    langs = _languages(batch, p)
-    key = (_signature(text_col), tuple(langs.unique().sort().to_list()), langs.hash().sum())
-    with _cache_lock:
-        for k, ref, stats in _CACHE:
-            if k == key:
-                return stats
-    texts = _text(batch)
+    n = len(texts)
     doc, tokens = split_words(texts, langs)
-    n = batch.num_rows
-    lens = tokens.str.len_chars().to_numpy().astype(np.int64)
-    non_symbol = ~tokens.str.contains(f"^[{_PUNCT_CLASS}]+$").to_numpy()
-    has_alpha = tokens.str.contains(r"\p{L}").to_numpy()
-    stats = {
-        "n": n,
-        "doc": doc,
-        "tokens": tokens,
-        "len": lens,
-        "non_symbol": non_symbol,
-        "has_alpha": has_alpha,
-        "n_words": np.bincount(doc, minlength=n),
+    return {
+        "h": tokens.hash(seed=_TOKEN_SEED).to_numpy(),
+        "len": tokens.str.len_chars().to_numpy().astype(np.int64),
+        "non_symbol": ~tokens.str.contains(f"^[{_PUNCT_CLASS}]+$").to_numpy(),
+        "has_alpha": tokens.str.contains(r"\p{L}").to_numpy(),
+        "count": np.bincount(doc, minlength=n).astype(np.int64),
     }
+
+
+def _finish(stats: dict, n: int) -> dict:
+    counts = stats["count"]
+    stats["n"] = n
+    stats["offsets"] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    stats["doc"] = np.repeat(np.arange(n, dtype=np.int64), counts)
+    stats["n_words"] = counts
+    return stats
+
+
+def word_stats(batch: pa.Table, p: _LangParams) -> dict:
+    """Per-token features of every row: ``h`` (u64 hash of the word), ``len`` (chars),
+    ``non_symbol``, ``has_alpha``, ``doc`` (row of each token), ``n_words``, ``offsets``."""
+    texts = _text(batch)
+    langs = _languages(batch, p)
+    n = len(texts)
+    keys = _row_keys(texts, langs)
     with _cache_lock:
-        _CACHE.append((key, text_col, stats))  # keep text_col alive: its buffer addresses stay unique
-        del _CACHE[:-2]
+        entries = list(_CACHE)
+    best, best_found, best_src = None, None, None
+    for e in reversed(entries):
+        sk = e["sorted_keys"]
+        if not len(sk):
+            continue
+        i = np.minimum(np.searchsorted(sk, keys), len(sk) - 1)
+        found = sk[i] == keys
+        if best is None or found.sum() > best_found.sum():
+            best, best_found, best_src = e, found, e["order"][i]
+        if found.all():
+            break
+    if best is not None and best_found.any():
+        missing = np.flatnonzero(~best_found)
+        fresh = _tokenize_rows(texts.gather(missing), langs.gather(missing)) if len(missing) else None
+        counts = np.zeros(n, np.int64)
+        starts = np.zeros(n, np.int64)
+        hit = np.flatnonzero(best_found)
+        src = best_src[hit]
+        counts[hit] = best["count"][src]
+        starts[hit] = best["offsets"][src]
+        arrays = {f: best[f] for f in _TOKEN_FIELDS}
+        if fresh is not None:
+            base = len(best["h"])
+            counts[missing] = fresh["count"]
+            starts[missing] = base + np.concatenate([[0], np.cumsum(fresh["count"])[:-1]])
+            arrays = {f: np.concatenate([best[f], fresh[f]]) for f in _TOKEN_FIELDS}
+        idx = _ranges(starts, counts)
+        stats = {f: arrays[f][idx] for f in _TOKEN_FIELDS}
+        stats["count"] = counts
+    else:
+        stats = _tokenize_rows(texts, langs)
+    stats = _finish(stats, n)
+    if len(stats["h"]) <= CACHE_MAX_TOKENS and (best is None or not best_found.all()):
+        order = np.argsort(keys, kind="stable")
+        entry = dict(stats, sorted_keys=keys[order], order=order)
+        with _cache_lock:
+            _CACHE.append(entry)
+            del _CACHE[:-CACHE_ENTRIES]
     return stats
 
 
@@ -179,12 +248,14 @@ def _dup_pieces(pieces: pl.Series, counts: np.ndarray) -> tuple[np.ndarray, np.n
     doc = np.repeat(np.arange(n), counts)
     if not len(doc):
         return np.zeros(n, np.int64), np.zeros(n, np.int64)
-    df = pl.DataFrame({"doc": doc, "p": pieces})
-    dup = (~df.select(pl.struct("doc", "p").is_first_distinct()).to_series()).to_numpy()
-    lens = pieces.str.len_chars().to_numpy().astype(np.int64)
-    return np.bincount(doc, weights=dup, minlength=n).astype(np.int64), np.bincount(
-        doc, weights=np.where(dup, lens, 0), minlength=n
-    ).astype(np.int64)
+    with np.errstate(over="ignore"):
+        key = pieces.hash(seed=_TOKEN_SEED).to_numpy() ^ ((doc.astype(np.uint64) + np.uint64(1)) * _GOLD)
+    dup = ~pl.Series(key).is_first_distinct().to_numpy()
+    if not dup.any():
+        return np.zeros(n, np.int64), np.zeros(n, np.int64)
+    lens = pieces.filter(pl.Series(dup)).str.len_chars().to_numpy().astype(np.int64)
+    d = doc[dup]
+    return np.bincount(d, minlength=n).astype(np.int64), np.bincount(d, weights=lens, minlength=n).astype(np.int64)
 
 
 # -- gopher_quality --------------------------------------------------------------------------
@@ -244,10 +315,13 @@ class GopherQuality(Operator):
         alpha = np.bincount(doc, weights=st["has_alpha"], minlength=n)
         alpha_ratio = _ratio(alpha, n_words)
         stop = pl.Series(list(STOP_WORDS if p.stop_words is None else p.stop_words), dtype=pl.String)
-        is_stop = st["tokens"].is_in(stop.implode()).to_numpy()
+        stop_h = stop.hash(seed=_TOKEN_SEED).to_numpy()
+        is_stop = np.isin(st["h"], stop_h)
         if is_stop.any():
-            sdf = pl.DataFrame({"doc": doc[is_stop], "w": st["tokens"].filter(pl.Series(is_stop))}).unique()
-            stop_count = np.bincount(sdf["doc"].to_numpy(), minlength=n)
+            with np.errstate(over="ignore"):
+                sk = st["h"][is_stop] ^ (doc[is_stop].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+            first = pl.Series(sk).is_first_distinct().to_numpy()
+            stop_count = np.bincount(doc[is_stop][first], minlength=n)
         else:
             stop_count = np.zeros(n, np.int64)
 
@@ -295,24 +369,77 @@ class GopherRepetitionParams(_LangParams):
     )
 
 
-def _ngram_keys(h: np.ndarray, doc: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hash of every n-gram start position that lies inside one document (and those positions)."""
-    m = len(h) - n + 1
-    if m <= 0:
-        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    pos = np.flatnonzero(doc[: m] == doc[n - 1:])
-    key = h[pos].copy()
-    mult = np.uint64(0x100000001B3)
-    with np.errstate(over="ignore"):
-        for j in range(1, n):
-            key = key * mult ^ h[pos + j]
-    return key, pos
+def _ngram_scores(h: np.ndarray, lens: np.ndarray, doc: np.ndarray, counts: np.ndarray,
+                  top_ks: set[int], dup_ks: set[int]) -> tuple[dict, dict]:
+    """datatrove's top n-gram chars (``len(" ".join(top)) * count``) and duplicated n-gram chars
+    (``find_all_duplicate``) per row, for every n in ``top_ks`` / ``dup_ks``.
 
+    n-grams are 64-bit rolling hashes of the word hashes, salted with the row. Level by level
+    (n = 1, 2, ...) only the positions whose (n-1)-gram occurs twice or more in its row stay
+    candidates: an n-gram can only repeat where its first n-1 words do, so after the first few
+    levels the arrays are small. Counting is polars hashing (is_duplicated / is_first_distinct /
+    unique_counts), no sort.
 
-def _with_doc(key: np.ndarray, doc: np.ndarray) -> np.ndarray:
-    """n-gram hash made unique per row (64-bit mix; collisions are negligible at batch sizes)."""
+    The greedy left-to-right scan of ``find_all_duplicate`` (it jumps n words after a hit) is
+    evaluated on runs of consecutive repeated positions: inside a run every n-th one counts.
+    """
+    n = len(counts)
+    top = {k: np.zeros(n, np.float64) for k in top_ks}
+    dup = {k: np.zeros(n, np.float64) for k in dup_ks}
+    if not len(h) or not (top_ks or dup_ks):
+        return top, dup
+    kmax = max(top_ks | dup_ks)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    doc_end = np.repeat(starts + counts, counts)
+    csum = np.concatenate([[0], np.cumsum(lens)])
     with np.errstate(over="ignore"):
-        return key ^ ((doc.astype(np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15))
+        g = h ^ ((doc.astype(np.uint64) + np.uint64(1)) * _GOLD)
+    pos = np.arange(len(h), dtype=np.int64)
+    key = g
+    for k in range(1, kmax + 1):
+        ok = pos + k <= doc_end[pos]
+        if not ok.all():
+            pos, key = pos[ok], key[ok]
+        if k > 1:
+            with np.errstate(over="ignore"):
+                key = key * _MIX ^ h[pos + (k - 1)]
+        if not len(pos):
+            break
+        s = pl.Series(key)
+        dm = s.is_duplicated().to_numpy()
+        dpos, dkey = pos[dm], key[dm]
+        if k in top_ks:
+            # rows with at least k words: without repeats the first n-gram is the top one
+            has = counts >= k
+            maxc = has.astype(np.int64)
+            best = starts.copy()
+            if len(dpos):
+                ds = pl.Series(dkey)
+                first = ds.is_first_distinct().to_numpy()
+                cnt = ds.unique_counts().to_numpy().astype(np.int64)  # in order of first appearance
+                upos = dpos[first]
+                udoc = doc[upos]  # non-decreasing
+                seg = np.flatnonzero(np.concatenate([[True], udoc[1:] != udoc[:-1]]))
+                segmax = np.maximum.reduceat(cnt, seg)
+                seglen = np.diff(np.concatenate([seg, [len(cnt)]]))
+                tie = np.flatnonzero(cnt == np.repeat(segmax, seglen))  # Counter.most_common: first seen wins
+                tdoc = udoc[tie]
+                chosen = tie[np.concatenate([[True], tdoc[1:] != tdoc[:-1]])]
+                sdoc = udoc[seg]
+                maxc[sdoc] = segmax
+                best[sdoc] = upos[chosen]
+            bp = best[has]
+            glen = csum[bp + k] - csum[bp] + (k - 1)  # " ".join of k words
+            top[k][has] = maxc[has] * glen
+        if k in dup_ks and len(dpos):
+            seen = dpos[~pl.Series(dkey).is_first_distinct().to_numpy()]
+            if len(seen):
+                start = np.concatenate([[True], seen[1:] != seen[:-1] + 1])
+                run_start = seen[start][np.cumsum(start) - 1]
+                counted = seen[(seen - run_start) % k == 0]
+                dup[k] = np.bincount(doc[counted], weights=csum[counted + k] - csum[counted], minlength=n)
+        pos, key = dpos, dkey
+    return top, dup
 
 
 @register
@@ -348,8 +475,6 @@ class GopherRepetition(Operator):
             "quality_rep_dup_line_char_frac": _ratio(l_chars, n_chars),
         }
         st = word_stats(batch, p)
-        doc, lens = st["doc"], st["len"]
-        h = st["tokens"].hash(seed=0x5EED).to_numpy()
         rules = [("empty", n_chars == 0)]
         with np.errstate(invalid="ignore"):
             rules += [
@@ -360,47 +485,15 @@ class GopherRepetition(Operator):
                 ("dup_line_char_frac",
                  bool(p.dup_line_char_frac) and scores["quality_rep_dup_line_char_frac"] > (p.dup_line_char_frac or 0)),
             ]
-        csum = np.concatenate([[0], np.cumsum(lens)])
+        top, dup = _ngram_scores(st["h"], st["len"], st["doc"], st["n_words"],
+                                 {k for k, _ in p.top_n_grams}, {k for k, _ in p.dup_n_grams})
         for k, frac in p.top_n_grams:
-            key, pos = _ngram_keys(h, doc, k)
-            top = np.zeros(n, np.float64)
-            if len(pos):
-                d = doc[pos]
-                # most frequent n-gram of each row (ties: the one seen first, as Counter.most_common)
-                _, first, cnt = np.unique(_with_doc(key, d), return_index=True, return_counts=True)
-                udoc = d[first]
-                maxc = np.zeros(n, np.int64)
-                np.maximum.at(maxc, udoc, cnt)
-                cand = cnt == maxc[udoc]
-                best = np.full(n, np.iinfo(np.int64).max)
-                np.minimum.at(best, udoc[cand], first[cand])
-                has = best < np.iinfo(np.int64).max
-                bp = pos[best[has]]
-                glen = csum[bp + k] - csum[bp] + (k - 1)  # " ".join of k words
-                top[has] = maxc[has] * glen
-            score = _ratio(top, n_chars)
+            score = _ratio(top[k], n_chars)
             scores[f"quality_rep_top_{k}gram"] = score
             with np.errstate(invalid="ignore"):
                 rules.append((f"top_{k}_gram", score > frac))
         for k, frac in p.dup_n_grams:
-            key, pos = _ngram_keys(h, doc, k)
-            dup_chars = np.zeros(n, np.float64)
-            if len(pos):
-                d = doc[pos]
-                seen = (~pl.Series(_with_doc(key, d)).is_first_distinct()).to_numpy()
-                if seen.any():
-                    # greedy scan: inside a run of consecutive repeated positions it counts every
-                    # k-th one (it jumps k words after each hit)
-                    prev = np.concatenate([[False], seen[:-1]])
-                    cont = np.concatenate([[False], (pos[1:] == pos[:-1] + 1) & (d[1:] == d[:-1])])
-                    start = seen & ~(prev & cont)
-                    run_id = np.cumsum(start) - 1
-                    run_start_pos = pos[start]
-                    offs = pos - run_start_pos[np.maximum(run_id, 0)]
-                    counted = seen & (offs % k == 0)
-                    glen = csum[pos + k] - csum[pos]  # "".join of k words
-                    dup_chars = np.bincount(d, weights=np.where(counted, glen, 0), minlength=n)
-            score = _ratio(dup_chars, n_chars)
+            score = _ratio(dup[k], n_chars)
             scores[f"quality_rep_dup_{k}gram"] = score
             with np.errstate(invalid="ignore"):
                 rules.append((f"duplicated_{k}_n_grams", score > frac))
