@@ -363,13 +363,17 @@ def extract_fast(html: str, fallback_chars: int | None = None) -> tuple[str, str
                 rendered, plain = whole, whole_plain
         if plain < MIN_TEXT:
             continue
-        acc.extend(_blocks(rendered, LOOSE_MIN))
+        # a later stage often contains an earlier one (<main> around <article>): add only blocks
+        # the earlier stages did not already give, or short pages come out twice
+        seen = {t for _, t in acc}
+        acc.extend(b for b in _blocks(rendered, LOOSE_MIN) if b[1] not in seen)
         if sum(len(t) for _, t in acc) >= ENOUGH:
             break
     else:
         if used:
             tree = HTMLTree.parse(marked)
-        acc.extend(_blocks(_render(tree, True, None), LOOSE_MIN_PAGE))
+        seen = {t for _, t in acc}  # the page holds the containers already taken
+        acc.extend(b for b in _blocks(_render(tree, True, None), LOOSE_MIN_PAGE) if b[1] not in seen)
     text = _finish(acc)
     if limit and len(text) < limit:
         text = _trafilatura(html) or text

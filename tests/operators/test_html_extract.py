@@ -230,3 +230,18 @@ def test_fast_skips_containers_inside_sidebars():
     html = page().replace('<div class="layout">', '<div class="layout">' + teaser)
     text, _, _ = fx.extract_fast(html, fallback_chars=0)
     assert ARTICLE in text and "Teaser" not in text
+
+
+def test_short_article_nested_in_main_is_not_repeated():
+    """A short page (text < the container-stage threshold) used to come out twice: once from
+    <article>, again from the enclosing <main> / whole-page pass."""
+    from operators._extract_fast import extract_fast
+    from pipeline.samples import html_page, multilingual_docs
+
+    for doc in multilingual_docs(60, seed=2):
+        if doc["lang"] == "und":
+            continue
+        text, _, lang = extract_fast(html_page(doc), 0)
+        lines = [line for line in text.split("\n") if line]
+        assert len(lines) == len(set(lines)), doc["id"]
+        assert lang == doc["lang"]
