@@ -326,6 +326,19 @@ def get_rules(code: str) -> SpacyRules:
 
 
 # -- the vectorized tokenizer -----------------------------------------------------------------
+PY_TOKEN_MATCH = 20000
+
+
+def _token_match(r: SpacyRules, chunks: pl.Series) -> np.ndarray:
+    """spaCy's token_match per chunk. Some are huge (French: 1.4 MB of exceptions); polars keeps
+    few compiled regexes, so with several languages per batch it would compile it again every
+    batch (~0.2 s): below PY_TOKEN_MATCH chunks spaCy's own compiled pattern is cheaper."""
+    tm = r._defaults.token_match
+    if len(chunks) < PY_TOKEN_MATCH and tm is not None:
+        return np.fromiter((tm(c) is not None for c in chunks.to_list()), bool, len(chunks))
+    return chunks.str.contains(r.token_match_re).fill_null(False).to_numpy()
+
+
 def _tokenize_complex(chunks: pl.Series, r: SpacyRules) -> pl.Series:
     """spaCy's affix loop over unique non-trivial chunks; returns tokens joined by _SEP."""
     r.compile()
@@ -334,6 +347,7 @@ def _tokenize_complex(chunks: pl.Series, r: SpacyRules) -> pl.Series:
     pre = pl.Series([""] * n)
     suf = pl.Series([""] * n)
     done = np.zeros(n, dtype=bool)
+    plain = np.zeros(n, dtype=bool)  # finished with a remainder that is one plain word
     keys = r.special_keys.implode()
     for _ in range(MAX_STEPS):
         active = np.flatnonzero(~done)
@@ -342,7 +356,7 @@ def _tokenize_complex(chunks: pl.Series, r: SpacyRules) -> pl.Series:
         cur = s.gather(active)
         is_special = cur.is_in(keys).to_numpy()
         if r.token_match_re:
-            is_special |= cur.str.contains(r.token_match_re).fill_null(False).to_numpy()
+            is_special |= _token_match(r, cur)
         cur_len = cur.str.len_chars().to_numpy()
         # prefix length (first group that matches at position 0)
         plen = np.zeros(len(cur), dtype=np.int64)
@@ -382,17 +396,23 @@ def _tokenize_complex(chunks: pl.Series, r: SpacyRules) -> pl.Series:
         suf = suf.scatter(active, suf_new)
         s = s.scatter(active, new_cur)
         stop = is_special | pre_special | suf_special | ((p_len + s_len) == 0) | (new_len <= 0)
-        done[active[stop]] = True
+        # a remainder of letters only (or digits only) that is not a special case has no affix
+        # left: the same assumption that lets such chunks skip this function altogether
+        simple = ~is_special & new_cur.str.contains(_SIMPLE).to_numpy() & ~new_cur.is_in(keys).to_numpy()
+        plain[active[simple]] = True
+        done[active[stop | simple]] = True
     # what is left in the middle: special case, URL / token_match, or infix split
-    mid = s
-    frame = pl.DataFrame({"chunk": mid, "i": np.arange(n)})
+    rest_idx = np.flatnonzero(~plain)
+    mid = s.gather(rest_idx)
+    m = len(mid)
+    frame = pl.DataFrame({"chunk": mid, "i": np.arange(m)})
     joined = frame.join(r.special_df, on="chunk", how="left").sort("i")
     spec_tokens = joined["tokens"]
-    is_url = pl.Series([False] * n)
+    is_url = pl.Series([False] * m)
     if r.url_re:
         is_url = mid.str.contains(r.url_re).fill_null(False)
     if r.token_match_re:
-        is_url = is_url | mid.str.contains(r.token_match_re).fill_null(False)
+        is_url = is_url | pl.Series(_token_match(r, mid))
     if r.infix_re:
         split = mid.str.replace_all(r.infix_re, r.infix_repl).str.replace_all(r.infix_re, r.infix_repl)
         # spaCy skips an infix that starts the string: glue a leading split back
@@ -405,7 +425,7 @@ def _tokenize_complex(chunks: pl.Series, r: SpacyRules) -> pl.Series:
         .when(is_url).then(mid)
         .otherwise(split)
     ).to_series()
-    out = pl.select(pre + middle + suf).to_series()
+    out = pl.select(pre + s.scatter(rest_idx, middle) + suf).to_series()
     out = out.str.replace_all(_SEP + "+", _SEP).str.strip_chars(_SEP)
     # rare leftovers are handed to spaCy itself: chunks still being stripped after MAX_STEPS
     # rounds (long runs of punctuation) and those holding a special case made of affixes
@@ -429,7 +449,36 @@ class _nullcontext:
         return False
 
 
-SMALL = 2000  # below this many distinct non-trivial chunks, spaCy itself is cheaper per group
+# -- chunks tokenized recently (per tokenizer), reused by later batches and filters ------------
+CHUNK_MEMORY = 400_000  # distinct non-trivial chunks remembered per tokenizer
+_chunk_lock = threading.Lock()
+_CHUNKS: dict[tuple[str, bool], pl.DataFrame] = {}
+
+
+def clear_chunk_memory() -> None:
+    with _chunk_lock:
+        _CHUNKS.clear()
+
+
+def _remembered(key: tuple[str, bool], uniq: pl.Series) -> pl.DataFrame:
+    """Remembered tokens of those of ``uniq`` seen before (columns chunk, tokens)."""
+    with _chunk_lock:
+        mem = _CHUNKS.get(key)
+    if mem is None:
+        return pl.DataFrame(schema={"chunk": pl.String, "tokens": pl.String})
+    return mem.join(pl.DataFrame({"chunk": uniq}), on="chunk", how="semi")
+
+
+def _remember(key: tuple[str, bool], new: pl.DataFrame) -> None:
+    with _chunk_lock:
+        mem = _CHUNKS.get(key)
+        mem = new if mem is None else pl.concat([mem, new])
+        if len(mem) > CHUNK_MEMORY:
+            mem = mem.tail(CHUNK_MEMORY // 2)  # the newest half
+        _CHUNKS[key] = mem
+
+
+SMALL = 400  # below this many distinct non-trivial chunks, spaCy itself is cheaper per group (measured)
 
 
 def _spacy_tokens(r: "SpacyRules", chunks: list[str]) -> list[str]:
@@ -484,16 +533,22 @@ def split_words(texts: pl.Series, languages: pl.Series | None = None) -> tuple[n
         uniq = cx.filter(pl.col("k") == kid)["chunk"].unique()
         if not len(uniq):
             continue
-        r = get_rules(code)
-        if len(uniq) < SMALL:
-            toks = pl.Series(_spacy_tokens(r, uniq.to_list()), dtype=pl.String)
-        else:
-            toks = _tokenize_complex(uniq, r)
-        if chars:
-            # one token per character of a no-space script, the rest stays whole
-            toks = toks.str.replace_all(f"([{_NOSPACE}])", _SEP + "${1}" + _SEP)
-            toks = toks.str.replace_all(_SEP + "+", _SEP).str.strip_chars(_SEP)
-        maps.append(pl.DataFrame({"k": pl.Series([kid] * len(uniq), dtype=pl.Int32), "chunk": uniq, "tokens": toks}))
+        known = _remembered((code, chars), uniq)
+        todo = uniq.filter(~uniq.is_in(known["chunk"].implode())) if len(known) else uniq
+        if len(todo):
+            r = get_rules(code)
+            if len(todo) < SMALL:
+                toks = pl.Series(_spacy_tokens(r, todo.to_list()), dtype=pl.String)
+            else:
+                toks = _tokenize_complex(todo, r)
+            if chars:
+                # one token per character of a no-space script, the rest stays whole
+                toks = toks.str.replace_all(f"([{_NOSPACE}])", _SEP + "${1}" + _SEP)
+                toks = toks.str.replace_all(_SEP + "+", _SEP).str.strip_chars(_SEP)
+            new = pl.DataFrame({"chunk": todo, "tokens": toks})
+            _remember((code, chars), new)
+            known = pl.concat([known, new]) if len(known) else new
+        maps.append(known.with_columns(k=pl.lit(kid, dtype=pl.Int32)).select("k", "chunk", "tokens"))
     mapping = pl.concat(maps)
     mapped = cx.join(mapping, on=["k", "chunk"], how="left", maintain_order="left")["tokens"]
     replaced = chunks.clone().scatter(complex_idx, mapped)

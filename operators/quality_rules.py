@@ -90,8 +90,11 @@ CACHE_MAX_TOKENS = 6_000_000  # a bigger batch is not remembered
 
 def clear_caches() -> None:
     """Forget the remembered tokens (benchmarks call this before timing)."""
+    from operators._words import clear_chunk_memory
+
     with _cache_lock:
         _CACHE.clear()
+    clear_chunk_memory()
 
 
 def _languages(batch: pa.Table, p: _LangParams) -> pl.Series:

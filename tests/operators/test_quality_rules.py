@@ -191,7 +191,7 @@ TRICKY = (
 )
 
 
-@pytest.mark.parametrize("lang", ["en", "de", "es", "xx"])
+@pytest.mark.parametrize("lang", ["en", "de", "es", "fr", "xx"])
 def test_split_words_equals_spacy(lang):
     import spacy
 
@@ -204,6 +204,7 @@ def test_split_words_equals_spacy(lang):
         import operators._words as w
 
         old, w.SMALL = w.SMALL, small
+        w.clear_chunk_memory()  # tokenize again rather than reuse the first pass
         try:
             doc, toks = split_words(pl.Series(texts), pl.Series([lang] * len(texts)))
         finally:
@@ -212,6 +213,9 @@ def test_split_words_equals_spacy(lang):
         for d, t in zip(doc.tolist(), toks.to_list()):
             got[d].append(t)
         assert got == want
+    # remembered chunks give the same tokens
+    doc2, toks2 = split_words(pl.Series(texts), pl.Series([lang] * len(texts)))
+    assert doc2.tolist() == doc.tolist() and toks2.to_list() == toks.to_list()
 
 
 def test_assignment_table_is_datatrove_s():
