@@ -399,6 +399,7 @@ def _ngram_scores(h: np.ndarray, lens: np.ndarray, doc: np.ndarray, counts: np.n
         g = h ^ ((doc.astype(np.uint64) + np.uint64(1)) * _GOLD)
     pos = np.arange(len(h), dtype=np.int64)
     key = g
+    kmin = min(top_ks | dup_ks)
     for k in range(1, kmax + 1):
         ok = pos + k <= doc_end[pos]
         if not ok.all():
@@ -408,6 +409,8 @@ def _ngram_scores(h: np.ndarray, lens: np.ndarray, doc: np.ndarray, counts: np.n
                 key = key * _MIX ^ h[pos + (k - 1)]
         if not len(pos):
             break
+        if k < kmin:
+            continue  # levels below the first one asked for would prune little for a full pass
         s = pl.Series(key)
         dm = s.is_duplicated().to_numpy()
         dpos, dkey = pos[dm], key[dm]
