@@ -451,6 +451,7 @@ class _nullcontext:
 
 # -- chunks tokenized recently (per tokenizer), reused by later batches and filters ------------
 CHUNK_MEMORY = 400_000  # distinct non-trivial chunks remembered per tokenizer
+CHUNK_MEMORY_TOTAL = 1_000_000  # over all tokenizers (~40 MB); past it the other tokenizers forget
 _chunk_lock = threading.Lock()
 _CHUNKS: dict[tuple[str, bool], pl.DataFrame] = {}
 
@@ -476,6 +477,9 @@ def _remember(key: tuple[str, bool], new: pl.DataFrame) -> None:
         if len(mem) > CHUNK_MEMORY:
             mem = mem.tail(CHUNK_MEMORY // 2)  # the newest half
         _CHUNKS[key] = mem
+        if sum(len(m) for m in _CHUNKS.values()) > CHUNK_MEMORY_TOTAL:
+            for other in [k for k in _CHUNKS if k != key]:
+                del _CHUNKS[other]
 
 
 SMALL = 400  # below this many distinct non-trivial chunks, spaCy itself is cheaper per group (measured)
