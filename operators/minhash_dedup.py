@@ -52,6 +52,10 @@ class _Timer:
     def __call__(self, what: str) -> None:
         now = time.perf_counter()
         msg = f"minhash_dedup: {what} ({now - self.t:.2f}s, total {now - self.t0:.2f}s)"
+        if _TRACE:
+            import resource
+
+            msg += f" driver maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB"
         self.t = now
         if _TRACE:
             print(msg, flush=True)
@@ -602,10 +606,6 @@ class MinHashDedup(Operator):
         p = self.params
         cfg = _cfg(p)
         tick = _Timer()
-        names = ds.schema().names
-        if cfg["keep_col"] and cfg["keep_col"] not in names:
-            raise ValueError(f"minhash_dedup: keep: highest:{cfg['keep_col']} but the data has no column "
-                             f"{cfg['keep_col']!r} (columns: {', '.join(names)})")
         mb = dict(batch_format="pyarrow")
         # one pass over the input: rows + doc key + band keys, kept in the object store (the text
         # is read again by the verification and output maps, and never shuffled)
@@ -615,6 +615,10 @@ class MinHashDedup(Operator):
             add_signature_columns, fn_kwargs={"cfg": cfg}, batch_size=p.batch_size, **mb).materialize()
         n_docs = ds.count()
         tick(f"signatures of {n_docs} docs")
+        names = ds.schema().names  # known once materialized (asking a lazy dataset runs it)
+        if cfg["keep_col"] and cfg["keep_col"] not in names:
+            raise ValueError(f"minhash_dedup: keep: highest:{cfg['keep_col']} but the data has no column "
+                             f"{cfg['keep_col']!r} (columns: {', '.join(names)})")
         parts = p.num_partitions or max(ctx.num_partitions(), min(512, math.ceil(n_docs / 100_000)))
 
         bands = ds.select_columns([KEY_COL, BANDS_COL]).map_batches(band_rows, batch_size=None, **mb)
