@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from operators.base import DROP_REASON, Operator, Params, Resources, register, set_column
+from operators.base import Operator, Params, Resources, mark_dropped, register, set_column
 
 KEYS = ["_xh1", "_xh2"]
 
@@ -88,8 +88,4 @@ def _mark_broadcast(batch: pa.Table, refs) -> pa.Table:
 
 
 def _mark(batch: pa.Table) -> pa.Table:
-    dup = pc.is_valid(batch.column("dup_of"))
-    reason = pc.if_else(dup, pa.scalar("exact_dedup:duplicate"), pa.scalar(None, pa.string()))
-    if DROP_REASON in batch.column_names:
-        reason = pc.coalesce(batch.column(DROP_REASON), reason)
-    return set_column(batch, DROP_REASON, reason)
+    return mark_dropped(batch, pc.is_valid(batch.column("dup_of")), "exact_dedup:duplicate")

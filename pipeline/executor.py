@@ -33,8 +33,6 @@ def route(out: pa.Table, step_id: str, store_uri: str, write_rejected: bool, doc
           bytes_in: int, busy_s: float, key: str) -> pa.Table:
     """Split a processed batch: rejected rows to rejected/<step>/, a ledger record to
     _ledger/<step>/, kept rows (without drop_reason) returned to the next step."""
-    from pipeline.storage import Store
-
     store = Store(store_uri)
     if DROP_REASON in out.column_names:
         dropped = pc.is_valid(out.column(DROP_REASON))
@@ -60,11 +58,9 @@ class StepRunner:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         t0 = time.perf_counter()
-        if self.op is None:  # routing only: the rows were produced upstream
-            out, docs_in = batch, batch.num_rows
-            bytes_in = text_bytes(batch)
-        else:
-            docs_in, bytes_in = batch.num_rows, text_bytes(batch)
+        docs_in, bytes_in = batch.num_rows, text_bytes(batch)
+        out = batch  # routing only (no operator): the rows were produced upstream
+        if self.op is not None:
             out = self.op.process(batch)
             if out.num_rows != docs_in:
                 raise RuntimeError(f"step {self.step_id!r} ({self.op.name}) returned {out.num_rows} rows for "
@@ -220,7 +216,6 @@ class Executor:
         order = dag.topo_order(self.steps)
         self.say(f"[gristmill] {self.loaded.recipe.name}: {len(self.files)} input file(s), {len(order)} steps "
                  f"-> {self.opt.output}")
-        segment_wall: dict[str, float] = {}
         status: dict[str, str] = {}
         for target in order:
             if target not in self.mats:
@@ -256,7 +251,6 @@ class Executor:
                 self.say(format_step_line(st))
             self.store.write_json(f"{target}/{MARKER}", {"hash": h, "rows": written["rows"],
                                                           "files": written["files"], "wall_s": round(wall, 3)})
-            segment_wall[target] = wall
         return self._write_stats(status, time.perf_counter() - t_run)
 
     def _complete(self, step_id: str) -> str | None:

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from operators.base import DROP_REASON, set_column
+from operators.base import DROP_REASON, mark_dropped, set_column
 
 JSONL_LIFTED = ("url", "source", "language")  # JSONL fields promoted to columns; the rest go to `meta`
 
@@ -80,19 +80,13 @@ def _finish(table: pa.Table, key: str, first_row: int, id_col: str, text_col: st
             table = table.drop_columns(["id"])
         table = table.rename_columns(["id" if c == id_col else c for c in table.column_names])
     n = table.num_rows
-    if "id" not in table.column_names:
-        table = set_column(table, "id", pa.array([f"{key}:{first_row + i}" for i in range(n)], pa.string()))
-    else:
-        ids = pc.cast(table.column("id"), pa.string())
-        gen = pa.array([f"{key}:{first_row + i}" for i in range(n)], pa.string())
-        table = set_column(table, "id", pc.coalesce(ids, gen))  # null ids get generated ones
+    gen = pa.array([f"{key}:{first_row + i}" for i in range(n)], pa.string())
+    ids = pc.cast(table.column("id"), pa.string()) if "id" in table.column_names else pa.nulls(n, pa.string())
+    table = set_column(table, "id", pc.coalesce(ids, gen))  # missing or null ids get generated ones
     if "text" not in table.column_names:
         table = set_column(table, "text", pa.nulls(n, pa.string()))
     table = set_column(table, "text", pc.cast(table.column("text"), pa.string()))
-    missing = pc.is_null(table.column("text"))
-    reason = pa.array(["input:missing_text"] * n, pa.string())
-    current = table.column(DROP_REASON) if DROP_REASON in table.column_names else pa.nulls(n, pa.string())
-    table = set_column(table, DROP_REASON, pc.coalesce(current, pc.if_else(missing, reason, pa.scalar(None, pa.string()))))
+    table = mark_dropped(table, pc.is_null(table.column("text")), "input:missing_text")
     cols = ["id", "text"] + [c for c in table.column_names if c not in ("id", "text")]
     return table.select(cols)
 
@@ -140,18 +134,18 @@ def read_jsonl_batches(path: str, key: str, batch_rows: int, id_col: str, text_c
             row["meta"] = json.dumps(rec, ensure_ascii=False, sort_keys=True) if rec else None
             rows.append(row)
             if len(rows) >= batch_rows:
-                yield _jsonl_table(rows, key, first, lineno)
+                yield _jsonl_table(rows, key, first)
                 first += len(rows)
                 rows = []
     if rows:
-        yield _jsonl_table(rows, key, first, None)
+        yield _jsonl_table(rows, key, first)
 
 
 _JSONL_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), (DROP_REASON, pa.string())]
                           + [(k, pa.string()) for k in JSONL_LIFTED] + [("meta", pa.string())])
 
 
-def _jsonl_table(rows: list[dict], key: str, first: int, _lineno) -> pa.Table:
+def _jsonl_table(rows: list[dict], key: str, first: int) -> pa.Table:
     t = pa.Table.from_pylist(rows, schema=_JSONL_SCHEMA)
     return _finish(t, key, first, "id", "text")
 

@@ -132,12 +132,3 @@ class Progress:
             if self.poll():
                 done = "  ".join(f"{s} {self.docs[s]:,}" for s in self.steps)
                 self.say(f"[gristmill]   {time.perf_counter() - self.t0:5.0f}s  docs handled: {done}")
-
-
-class Timer:
-    def __enter__(self):
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self.t0
