@@ -50,6 +50,10 @@ class Operator:
     resources: ClassVar[Resources] = Resources()
     # extra Python modules the operator imports lazily; checked when a recipe loads
     requires: ClassVar[tuple[str, ...]] = ()
+    # True for operators that may return more rows than they receive (e.g. one synthetic row per
+    # document and style). The ledger then records `generated` = rows returned - rows received,
+    # and the invariant becomes docs_in + generated = docs_out + dropped.
+    generates: ClassVar[bool] = False
 
     def __init__(self, params: Params | dict | None = None, **kwargs: Any):
         if isinstance(params, Params):
@@ -75,6 +79,11 @@ class Operator:
         """Notebook / unit-test entry point: runs setup() lazily, then process()."""
         self.ensure_setup()
         return self.process(batch)
+
+    def counters(self, out: pa.Table) -> dict[str, float]:
+        """Extra per-batch figures for the ledger (summed per step into stats.json `counters`),
+        e.g. ``{"tokens_generated": 1234, "generate_s": 8.1}``. Called on process()'s output."""
+        return {}
 
     # -- global ----------------------------------------------------------------------------
     def run(self, ds, ctx: "RunContext"):  # pragma: no cover - interface

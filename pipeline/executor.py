@@ -30,7 +30,7 @@ MARKER = "_COMPLETE.json"
 
 # -- what runs on the workers ------------------------------------------------------------
 def route(out: pa.Table, step_id: str, store_uri: str, write_rejected: bool, docs_in: int,
-          bytes_in: int, busy_s: float, key: str) -> pa.Table:
+          bytes_in: int, busy_s: float, key: str, counters: dict | None = None) -> pa.Table:
     """Split a processed batch: rejected rows to rejected/<step>/, a ledger record to
     _ledger/<step>/, kept rows (without drop_reason) returned to the next step."""
     store = Store(store_uri)
@@ -42,7 +42,8 @@ def route(out: pa.Table, step_id: str, store_uri: str, write_rejected: bool, doc
         rejected, kept = None, out
     if rejected is not None and rejected.num_rows and write_rejected:
         store.write_table(f"rejected/{step_id}/{key}.parquet", rejected)
-    store.write_json(f"{LEDGER}/{step_id}/{key}.json", ledger_record(docs_in, bytes_in, kept, rejected, busy_s))
+    store.write_json(f"{LEDGER}/{step_id}/{key}.json",
+                     ledger_record(docs_in, bytes_in, kept, rejected, busy_s, counters))
     return kept
 
 
@@ -59,15 +60,17 @@ class StepRunner:
     def __call__(self, batch: pa.Table) -> pa.Table:
         t0 = time.perf_counter()
         docs_in, bytes_in = batch.num_rows, text_bytes(batch)
-        out = batch  # routing only (no operator): the rows were produced upstream
+        out, counters = batch, None  # routing only (no operator): the rows were produced upstream
         if self.op is not None:
             out = self.op.process(batch)
-            if out.num_rows != docs_in:
+            if out.num_rows != docs_in and not (self.op.generates and out.num_rows > docs_in):
                 raise RuntimeError(f"step {self.step_id!r} ({self.op.name}) returned {out.num_rows} rows for "
                                    f"{docs_in}: filters mark rows with drop_reason instead of removing them")
-        key = batch_key(out.column("id"))
+            counters = self.op.counters(out) or None
+        # the ledger key comes from the input ids: a generating step's output ids are new rows
+        key = batch_key(batch.column("id"))
         return route(out, self.step_id, self.store_uri, self.write_rejected, docs_in, bytes_in,
-                     time.perf_counter() - t0, key)
+                     time.perf_counter() - t0, key, counters)
 
 
 _TASK_RUNNERS: dict[tuple, StepRunner] = {}

@@ -35,29 +35,49 @@ def batch_key(ids) -> str:
 
 
 def ledger_record(docs_in: int, bytes_in: int, kept: pa.Table, rejected: pa.Table | None,
-                  busy_s: float) -> dict:
+                  busy_s: float, counters: dict | None = None) -> dict:
+    """One batch's accounting. `generated` is rows returned beyond rows received (only a
+    generating operator has any); `tokens_out` is summed when the rows carry `n_tokens`."""
     from pipeline.io import text_bytes
 
     dropped: Counter = Counter()
-    if rejected is not None and rejected.num_rows:
+    n_rejected = 0 if rejected is None else rejected.num_rows
+    if n_rejected:
         for r in rejected.column(DROP_REASON).to_pylist():
             dropped[reason_category(r)] += 1
-    return {"docs_in": docs_in, "docs_out": kept.num_rows, "bytes_in": bytes_in,
-            "bytes_out": text_bytes(kept), "dropped": dict(dropped), "busy_s": round(busy_s, 6)}
+    rec = {"docs_in": docs_in, "docs_out": kept.num_rows, "bytes_in": bytes_in,
+           "bytes_out": text_bytes(kept), "dropped": dict(dropped), "busy_s": round(busy_s, 6),
+           "generated": max(0, kept.num_rows + n_rejected - docs_in)}
+    if "n_tokens" in kept.column_names:
+        rec["tokens_out"] = int(pc.sum(kept.column("n_tokens")).as_py() or 0)
+    if counters:
+        rec["counters"] = {k: float(v) for k, v in counters.items()}
+    return rec
 
 
 def collect(store, step_id: str) -> dict:
     """Sum the ledger records of one step."""
-    total = {"docs_in": 0, "docs_out": 0, "bytes_in": 0, "bytes_out": 0, "busy_s": 0.0, "batches": 0}
+    total = {"docs_in": 0, "docs_out": 0, "bytes_in": 0, "bytes_out": 0, "busy_s": 0.0, "batches": 0,
+             "generated": 0}
     dropped: Counter = Counter()
+    counters: Counter = Counter()
+    tokens = None
     for path in store.list(f"{LEDGER}/{step_id}", ".json"):
         rel = path[len(store.root) + 1:]
         rec = store.read_json(rel)
         for k in ("docs_in", "docs_out", "bytes_in", "bytes_out", "busy_s"):
             total[k] += rec[k]
+        total["generated"] += rec.get("generated", 0)
+        if "tokens_out" in rec:
+            tokens = (tokens or 0) + rec["tokens_out"]
+        counters.update(rec.get("counters", {}))
         total["batches"] += 1
         dropped.update(rec["dropped"])
     total["busy_s"] = round(total["busy_s"], 3)
+    if tokens is not None:
+        total["tokens_out"] = tokens
+    if counters:
+        total["counters"] = {k: round(v, 6) for k, v in sorted(counters.items())}
     total["docs_dropped"] = sum(dropped.values())
     total["dropped"] = dict(sorted(dropped.items()))
     return total
@@ -68,9 +88,10 @@ def check_invariants(steps: list[dict], inputs: dict[str, list[str]]) -> list[st
     problems = []
     by_id = {s["id"]: s for s in steps}
     for s in steps:
-        if s["docs_in"] != s["docs_out"] + s["docs_dropped"]:
-            problems.append(f"step {s['id']!r}: docs_in {s['docs_in']} != docs_out {s['docs_out']} + "
-                            f"dropped {s['docs_dropped']}")
+        generated = s.get("generated", 0)
+        if s["docs_in"] + generated != s["docs_out"] + s["docs_dropped"]:
+            problems.append(f"step {s['id']!r}: docs_in {s['docs_in']} + generated {generated} != docs_out "
+                            f"{s['docs_out']} + dropped {s['docs_dropped']}")
         ups = inputs.get(s["id"], [])
         if ups and all(u in by_id for u in ups):
             upstream_out = sum(by_id[u]["docs_out"] for u in ups)
