@@ -7,7 +7,11 @@ resources it wants; the executor is the only place that knows about Ray.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import inspect
+import os
 import pkgutil
+import sys
 from typing import Any, ClassVar, Iterable, Literal
 
 import pyarrow as pa
@@ -97,7 +101,9 @@ class Operator:
 
     @classmethod
     def describe(cls) -> str:
-        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        """The first paragraph of the class docstring, on one line (`gristmill ops` lists it)."""
+        paragraph = inspect.cleandoc(cls.__doc__ or "").split("\n\n", 1)[0]
+        return " ".join(paragraph.split())
 
 
 class RunContext(BaseModel):
@@ -125,28 +131,146 @@ REGISTRY: dict[str, type[Operator]] = {}
 
 
 def register(cls: type[Operator]) -> type[Operator]:
-    """Class decorator: make an operator available to recipes under ``cls.name``."""
-    if not getattr(cls, "name", None):
-        raise TypeError(f"{cls.__name__} must set a `name` to be registered")
+    """Class decorator: make an operator available to recipes under ``cls.name``.
+
+    Checks the contract here, when the module is imported, so a mistake shows up at
+    `gristmill validate` with the class named, not as a traceback from a Ray worker mid-run."""
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    if not getattr(cls, "name", None) or not isinstance(cls.name, str):
+        raise TypeError(f"{where} must set a `name` (a string) to be registered")
     if cls.kind not in ("map", "filter", "global"):
-        raise TypeError(f"{cls.__name__}.kind must be map, filter or global, not {cls.kind!r}")
+        raise TypeError(f"{where}.kind must be map, filter or global, not {cls.kind!r}")
+    params = cls.__dict__.get("Params", getattr(cls, "Params", None))
+    if not (isinstance(params, type) and issubclass(params, Params)):
+        what = f"{params.__module__}.{params.__qualname__}" if isinstance(params, type) else repr(params)
+        bases = ", ".join(b.__module__ + "." + b.__qualname__ for b in getattr(params, "__mro__", ())[1:2])
+        raise TypeError(
+            f"{where}.Params must be a subclass of operators.base.Params, not {what}"
+            + (f" (a subclass of {bases})" if bases else "")
+            + ": write `from operators.base import Params` and `class MyParams(Params): ...`; "
+            "operators.base.Params rejects unknown keys, so a misspelled parameter is an error instead of being ignored")
+    for attr in ("needs", "adds"):
+        value = getattr(cls, attr)
+        if isinstance(value, str) or not all(isinstance(c, str) for c in value):
+            raise TypeError(f"{where}.{attr} must be a set of column names, e.g. {{'text'}}, not {value!r}")
+    if not isinstance(cls.resources, Resources):
+        raise TypeError(f"{where}.resources must be operators.base.Resources(...), not {cls.resources!r}")
+    method = "run" if cls.kind == "global" else "process"
+    if getattr(cls, method) is getattr(Operator, method):
+        raise TypeError(f"{where} is a {cls.kind} operator: it must implement "
+                        + ("run(self, ds, ctx) -> ray.data.Dataset" if method == "run"
+                           else "process(self, batch: pa.Table) -> pa.Table"))
     other = REGISTRY.get(cls.name)
-    if other is not None and other is not cls and other.__qualname__ != cls.__qualname__:
-        raise TypeError(f"operator name {cls.name!r} is taken by {other.__module__}.{other.__name__}")
+    if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise TypeError(f"operator name {cls.name!r} of {where} is taken by "
+                        f"{other.__module__}.{other.__qualname__}; choose another name")
     REGISTRY[cls.name] = cls
     return cls
 
 
-def load_operators(plugins: Iterable[str] = ()) -> dict[str, type[Operator]]:
+class PluginError(ImportError):
+    """A plugin module named in a recipe (or `gristmill ops --plugins`) could not be imported."""
+
+
+# plugin modules imported from a file: module name -> (real path, mtime_ns, size)
+_PLUGIN_FILES: dict[str, tuple[str, int, int]] = {}
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.endswith(".py") or "/" in spec or os.sep in spec or spec.startswith(".")
+
+
+def _import_file(path: str, name: str, spec_text: str):
+    """Import a plugin from its file under module name `name` (re-imported when the file
+    changed, so a notebook that edits the plugin gets the new code)."""
+    real = os.path.realpath(path)
+    package = os.path.basename(real) == "__init__.py"
+    st = os.stat(real)
+    key = (real, st.st_mtime_ns, st.st_size)
+    current = sys.modules.get(name)
+    if current is not None and _PLUGIN_FILES.get(name) == key:
+        return current
+    if current is not None and name not in _PLUGIN_FILES:
+        raise PluginError(f"plugin {spec_text!r}: its module name {name!r} is already taken by "
+                          f"{getattr(current, '__file__', None) or 'a built-in module'}; rename {real}")
+    spec = importlib.util.spec_from_file_location(
+        name, real, submodule_search_locations=[os.path.dirname(real)] if package else None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        sys.modules.pop(name, None)
+        _PLUGIN_FILES.pop(name, None)
+        raise PluginError(f"plugin {spec_text!r} ({real}) failed to import: {_where_in(e, real)}"
+                          f"{type(e).__name__}: {e}") from e
+    _PLUGIN_FILES[name] = key
+    return module
+
+
+def _where_in(exc: BaseException, path: str) -> str:
+    """'line 12: ' for the deepest traceback frame inside the plugin file, if any."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.realpath(f.filename) == path]
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        return f"line {exc.lineno}: "
+    return f"line {frames[-1].lineno}: " if frames else ""
+
+
+def load_plugin(spec: str, base_dir: str | None = None):
+    """Import one plugin module and return it. `spec` is a module name (looked up first in
+    `base_dir`, the recipe's folder, then on the Python path) or a path to a ``.py`` file or a
+    package folder (relative to `base_dir`). Raises PluginError saying what to change."""
+    base = os.path.abspath(base_dir or os.getcwd())
+    if _looks_like_path(spec):
+        path = spec if os.path.isabs(spec) else os.path.join(base, spec)
+        if os.path.isdir(path) and os.path.isfile(os.path.join(path, "__init__.py")):
+            path = os.path.join(path, "__init__.py")
+        if not os.path.isfile(path):
+            raise PluginError(f"plugin {spec!r}: no such file {os.path.normpath(path)} (a plugin path is relative "
+                              f"to the recipe's folder {base}); fix the path")
+        name = os.path.basename(os.path.dirname(path) if path.endswith("__init__.py") else path)
+        name = name[:-3] if name.endswith(".py") else name
+        if not name.isidentifier():
+            raise PluginError(f"plugin {spec!r}: {name!r} is not a valid Python module name; rename the file "
+                              "(letters, digits and _)")
+        return _import_file(path, name, spec)
+    if not all(part.isidentifier() for part in spec.split(".")):
+        raise PluginError(f"plugin {spec!r} is neither a module name (a.b.c) nor a path to a .py file")
+    if "." not in spec:  # the recipe's own folder comes first, as a script's folder does for Python
+        for candidate in (os.path.join(base, spec + ".py"), os.path.join(base, spec, "__init__.py")):
+            if os.path.isfile(candidate):
+                return _import_file(candidate, spec, spec)
+    try:
+        return importlib.import_module(spec)
+    except ModuleNotFoundError as e:
+        if e.name and (spec == e.name or spec.startswith(e.name + ".")):
+            raise PluginError(f"plugin {spec!r}: no module {spec!r} in the recipe's folder ({base}) or on the "
+                              f"Python path; give the path of its .py file relative to the recipe "
+                              f"(e.g. `plugins: [./{spec.replace('.', '/')}.py]`) or install it") from None
+        raise PluginError(f"plugin {spec!r} failed to import: it needs module {e.name!r}, which is not "
+                          f"installed (pip install ...)") from e
+    except Exception as e:
+        raise PluginError(f"plugin {spec!r} failed to import: {type(e).__name__}: {e}") from e
+
+
+def plugin_loaded_from_file(module) -> bool:
+    """True for a plugin imported from a file by path (not importable by name elsewhere)."""
+    return _PLUGIN_FILES.get(getattr(module, "__name__", "")) is not None
+
+
+def load_operators(plugins: Iterable[str] = (), base_dir: str | None = None) -> dict[str, type[Operator]]:
     """Import every module of the ``operators`` package (they register themselves) and the
-    plugin modules a recipe lists explicitly. Nothing else is ever imported from a recipe."""
+    plugin modules a recipe lists explicitly (see load_plugin; paths are relative to
+    `base_dir`). Nothing else is ever imported from a recipe."""
     import operators as pkg
 
     for info in pkgutil.iter_modules(pkg.__path__):
         if not info.name.startswith("_") and info.name != "base":
             importlib.import_module(f"operators.{info.name}")
-    for mod in plugins:
-        importlib.import_module(mod)
+    for spec in plugins:
+        load_plugin(spec, base_dir)
     return REGISTRY
 
 

@@ -73,10 +73,11 @@ def topo_order(steps: Sequence[_Step]) -> list[str]:
 
 def materialized(steps: Sequence[_Step], kinds: dict[str, str]) -> set[str]:
     """Steps whose output is written to <output>/<step>/: global steps (barriers), sinks (no
-    consumer) and fan-out points (read by several steps, so computed once)."""
+    consumer), fan-out points (read by several steps, so computed once) and steps the recipe
+    marks `write: true` (to inspect what they kept)."""
     out = set()
     for s in steps:
         n = len(consumers(steps, s.id))
-        if kinds[s.id] == "global" or n != 1:
+        if kinds[s.id] == "global" or n != 1 or getattr(s, "write", False):
             out.add(s.id)
     return out

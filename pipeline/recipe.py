@@ -1,6 +1,7 @@
 """YAML recipe -> typed, validated recipe. Everything is checked before any work starts.
 
-Every problem is reported with the recipe file, the line, the step id and a fix, e.g.::
+Every problem is reported with the recipe file, the line of the key at fault (1-based, as
+editors number lines), the step id and a fix, e.g.::
 
     recipes/x.yaml:12: step 'lang': unknown operator 'langauge_id'. Did you mean 'language_id'?
 """
@@ -20,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from operators.base import Operator, load_operators
+from operators.base import Operator, PluginError, load_operators, load_plugin, plugin_loaded_from_file
 from pipeline import dag
 from pipeline.dag import SOURCE
 
@@ -56,6 +57,8 @@ class StepSpec(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     input: str | list[str] | None = None
     write_rejected: bool = True
+    write: bool = Field(False, description="also write this step's kept rows to <output>/<step>/ "
+                                           "(steps that are not global, sinks or fan-outs only stream)")
     resources: dict[str, Any] = Field(default_factory=dict,
                                       description="override the operator's resources, e.g. {num_gpus: 1, concurrency: 2}")
 
@@ -78,7 +81,9 @@ class Recipe(BaseModel):
     output: str
     steps: list[StepSpec] = Field(min_length=1)
     seed: int = 0
-    plugins: list[str] = Field(default_factory=list, description="extra operator modules to import")
+    plugins: list[str] = Field(default_factory=list,
+                               description="extra operator modules to import: module names, or paths to .py files "
+                                           "relative to the recipe's folder")
     shard_bytes: int = Field(128 * 2**20, ge=1024, description="target size of output Parquet shards")
 
 
@@ -175,8 +180,25 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 else:
                     node = node.setdefault(part, {})
             else:
-                raise RecipeError([f"--set {key}: {'.'.join(parts[:depth])} is not a mapping"])
+                raise RecipeError([f"--set {key}: {'.'.join(parts[:depth])} is not a mapping "
+                                   f"(it is {node!r}); set {'.'.join(parts[:depth])}=VALUE instead"])
     return raw
+
+
+def _closest(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+# the pydantic model that validates each level of a recipe (for "did you mean" on unknown keys)
+def _model_at(loc: tuple):
+    if not loc:
+        return Recipe
+    if loc[0] == "input" and len(loc) == 1:
+        return InputSpec
+    if loc[0] == "steps" and len(loc) == 2:
+        return StepSpec
+    return None
 
 
 def _expected(err: dict) -> str:
@@ -202,7 +224,8 @@ def load_recipe(path: str, overrides: list[str] = (), check_inputs: bool = True)
         raise RecipeError([f"{path}:1: a recipe is a mapping with name, input, output and steps"])
     raw = apply_overrides(raw, list(overrides))
     lines = _node_lines(text)
-    overridden = {tuple(o.split("=", 1)[0].split(".")) for o in overrides}
+    overridden = {tuple(o.split("=", 1)[0].strip().split(".")) for o in overrides}
+    base_dir = os.path.dirname(os.path.abspath(path))
 
     def where(loc: tuple) -> str:
         loc = tuple(loc)
@@ -215,6 +238,18 @@ def load_recipe(path: str, overrides: list[str] = (), check_inputs: bool = True)
         sid = steps[i].get("id") if i < len(steps) and isinstance(steps[i], dict) else None
         return f"step {sid!r}" if sid else f"step #{i + 1}"
 
+    def by_id(loc: tuple) -> tuple:
+        """('steps', 1, 'param') -> ('steps', 'digits', 'param'): the path --set takes."""
+        if len(loc) > 1 and loc[0] == "steps" and isinstance(loc[1], int):
+            steps = raw.get("steps") or []
+            sid = steps[loc[1]].get("id") if loc[1] < len(steps) and isinstance(steps[loc[1]], dict) else None
+            if isinstance(sid, str):
+                return ("steps", sid) + tuple(loc[2:])
+        return tuple(loc)
+
+    def from_set(loc: tuple) -> str:
+        return " (from --set)" if tuple(map(str, by_id(loc))) in overridden else ""
+
     problems: list[str] = []
     try:
         recipe = Recipe.model_validate(raw)
@@ -222,14 +257,25 @@ def load_recipe(path: str, overrides: list[str] = (), check_inputs: bool = True)
         for err in e.errors():
             loc = err["loc"]
             who = step_label(loc[1]) + ": " if len(loc) > 1 and loc[0] == "steps" and isinstance(loc[1], int) else ""
-            dotted = ".".join(str(p) for p in loc)
-            problems.append(f"{where(loc)}: {who}{dotted}: {_expected(err)}")
+            dotted = ".".join(str(p) for p in by_id(loc))
+            hint = ""
+            model = _model_at(tuple(loc[:-1]))
+            if err["type"] == "extra_forbidden" and model is not None:
+                hint = _closest(loc[-1], model.model_fields) or f" Keys here: {', '.join(model.model_fields)}."
+            problems.append(f"{where(loc)}: {who}{dotted}{from_set(loc)}: {_expected(err)}{hint}")
         raise RecipeError(problems) from None
 
-    try:
-        registry = load_operators(recipe.plugins)
-    except ImportError as e:
-        raise RecipeError([f"{where(('plugins',))}: plugin module could not be imported: {e}"]) from None
+    registry = load_operators()
+    for i, spec in enumerate(recipe.plugins):
+        try:
+            module = load_plugin(spec, base_dir)
+        except PluginError as e:
+            problems.append(f"{where(('plugins', i))}: {e}")
+            continue
+        if plugin_loaded_from_file(module):
+            _ship_by_value(module)
+    if problems:
+        raise RecipeError(problems)
 
     ops: dict[str, type[Operator]] = {}
     params: dict[str, Any] = {}
@@ -269,8 +315,10 @@ def load_recipe(path: str, overrides: list[str] = (), check_inputs: bool = True)
                 loc = ("steps", i, "params") + tuple(err["loc"])
                 dotted = ".".join(str(p) for p in err["loc"]) or "params"
                 src = " (from --set)" if ("steps", s.id, "params") + tuple(map(str, err["loc"])) in overridden else ""
-                fields = ", ".join(cls.Params.model_fields)
-                hint = f"; {s.op} takes: {fields}" if err["type"] == "extra_forbidden" else ""
+                fields = ", ".join(cls.Params.model_fields) or "no parameters"
+                hint = ""
+                if err["type"] == "extra_forbidden":
+                    hint = f"; {s.op} takes: {fields}." + _closest(err["loc"][-1], cls.Params.model_fields)
                 problems.append(f"{where(loc)}: step {s.id!r}: {dotted}={err.get('input')!r}{src}: "
                                 f"{_expected(err)}{hint}")
 
@@ -294,7 +342,7 @@ def load_recipe(path: str, overrides: list[str] = (), check_inputs: bool = True)
                         f"{' -> '.join(cycle)}; point one of their `input:` at an earlier step")
         raise RecipeError(problems)
 
-    loaded.source_columns = source_columns(recipe.input, path, problems, where(("input",)), check_inputs)
+    loaded.source_columns = source_columns(recipe.input, path, problems, where, check_inputs)
     for sid in dag.topo_order(recipe.steps):
         cls = ops[sid]
         upstream = [loaded.source_columns if d == SOURCE else loaded.columns[d] for d in loaded.inputs_of(sid)]
@@ -310,6 +358,15 @@ def load_recipe(path: str, overrides: list[str] = (), check_inputs: bool = True)
     if problems:
         raise RecipeError(problems)
     return loaded
+
+
+def _ship_by_value(module) -> None:
+    """A plugin imported from a file is not importable on Ray workers (the recipe's folder is
+    not on their path, and on a cluster the file is not even there): its classes travel with
+    the pickled operator instead."""
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(module)
 
 
 def expand_paths(patterns: list[str]) -> list[str]:
@@ -346,8 +403,12 @@ def _expand_uri(pattern: str) -> list[str]:
                   and i.path.startswith(prefix.split("/", 1)[0]))
 
 
-def source_columns(spec: InputSpec, path: str, problems: list[str], at: str, check: bool) -> set[str]:
-    """Columns the reader will provide; fail fast on empty globs and inputs without text."""
+def source_columns(spec: InputSpec, path: str, problems: list[str], where, check: bool) -> set[str]:
+    """Columns the reader will provide; fail fast on empty globs and inputs without text.
+    `where(loc)` gives 'file:line' of a recipe key (a string is taken as is)."""
+    if isinstance(where, str):
+        where = (lambda at: lambda loc: at)(where)
+    at_paths = where(("input", "paths", 0) if len(spec.paths) == 1 else ("input", "paths"))
     if spec.format in FORMAT_COLUMNS:
         cols = set(FORMAT_COLUMNS[spec.format])
     else:
@@ -358,20 +419,27 @@ def source_columns(spec: InputSpec, path: str, problems: list[str], at: str, che
     if not files and spec.generate:
         return cols | {"source", "language", "url", "meta"} if spec.format == "jsonl" else cols
     if not files:
-        problems.append(f"{at}: input: no files match {', '.join(spec.paths)} (working directory "
+        problems.append(f"{at_paths}: input.paths: no files match {', '.join(spec.paths)} (working directory "
                         f"{os.getcwd()}); check the paths")
         return cols
     if spec.format in ("parquet", "jsonl") and "://" not in files[0]:
         from pipeline.io import peek_columns
 
-        try:
-            found = peek_columns(files[0], spec.format)
+        first, found = files[0], None
+        try:  # empty files read as zero rows: judge the columns by the first file with a record
+            for first in files[:50]:
+                found = peek_columns(first, spec.format, spec.text_column)
+                if found is not None:
+                    break
         except Exception as e:  # unreadable first file: say which
-            problems.append(f"{at}: input: cannot read {files[0]}: {e}")
+            problems.append(f"{at_paths}: input.paths: cannot read {first}: {e}")
+            return cols
+        if found is None:
             return cols
         if spec.text_column not in found:
-            problems.append(f"{at}: input: {files[0]} has no {spec.text_column!r} column (it has: "
-                            f"{', '.join(sorted(found)) or 'none'}); set input.text_column")
+            problems.append(f"{where(('input', 'text_column'))}: input.text_column: {first} has no "
+                            f"{spec.text_column!r} column (it has: {', '.join(sorted(found)) or 'none'}); "
+                            "set input.text_column to the column holding the text")
         if spec.format == "jsonl":  # what the JSONL reader makes of any record
             from pipeline.io import JSONL_LIFTED
 
