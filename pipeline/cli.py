@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -26,13 +27,43 @@ def cmd_run(args) -> int:
     loaded = _load(args)
     out = args.output or loaded.recipe.output
     t0 = time.perf_counter()
-    stats = run_recipe(loaded, RunOptions(output=out, address=args.address, max_workers=args.workers,
-                                          resume=not args.no_resume, quiet=args.quiet))
+    terminal = None
+    if not args.verbose and "://" not in out:  # Ray's own lines and warnings go to a log file
+        from pipeline.runtime import TerminalOutput
+
+        terminal = TerminalOutput(os.path.join(out, "gristmill.log"))
+    term_out, term_err = (terminal.out, terminal.err) if terminal else (sys.stdout, sys.stderr)
+    if terminal and not args.quiet:
+        print(f"[gristmill] log: {terminal.log_path} (Ray's messages; --verbose shows them here)",
+              file=term_err, flush=True)
+    try:
+        stats = run_recipe(loaded, RunOptions(output=out, address=args.address, max_workers=args.workers,
+                                              resume=not args.no_resume, quiet=args.quiet, term=term_err))
+    except Exception as e:  # noqa: BLE001 - the traceback is in the log; the terminal gets the gist
+        if terminal is None:
+            raise
+        import traceback
+
+        traceback.print_exc()  # into the log
+        print(f"gristmill: run failed: {type(e).__name__}: {str(e).strip()[-1500:]}\n"
+              f"  full traceback: {terminal.log_path}", file=term_err, flush=True)
+        return 1
     wall = time.perf_counter() - t0
-    first = stats["steps"][0] if stats["steps"] else {"docs_in": 0}
-    docs = first["docs_in"]
-    print(f"[gristmill] done in {wall:.1f}s: {docs:,} docs read ({docs / max(wall, 1e-9):,.0f} docs/s end to end); "
-          f"outputs {', '.join(f'{out}/{s}' for s in stats['outputs'])}; stats {out}/stats.json")
+    outputs = ", ".join(f"{out}/{s}" for s in stats["outputs"])
+    by = {s["id"]: s for s in stats["steps"]}
+    if not stats.get("ran"):
+        print(f"[gristmill] nothing to run: every output is complete from an earlier run with the same recipe "
+              f"and inputs ({wall:.1f}s, no document read); outputs {outputs}; stats {out}/stats.json "
+              "(--no-resume recomputes)", file=term_out, flush=True)
+        return 0
+    read = by.get("read")
+    if read is not None and read.get("status") == "ran":
+        docs = read["docs_in"]
+        what = f"{docs:,} docs read ({docs / max(wall, 1e-9):,.0f} docs/s end to end)"
+    else:
+        what = "input unchanged (steps up to the first written output skipped)"
+    print(f"[gristmill] done in {wall:.1f}s: {what}; outputs {outputs}; stats {out}/stats.json",
+          file=term_out, flush=True)
     return 0
 
 
@@ -79,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--workers", type=int, help="at most this many parallel workers per step")
             p.add_argument("--no-resume", action="store_true", help="recompute steps even if complete")
             p.add_argument("--quiet", action="store_true", help="no progress output")
+            p.add_argument("--verbose", action="store_true",
+                           help="show Ray's own log lines and warnings here instead of in OUTPUT/gristmill.log")
     p = sub.add_parser("ops", help="list operators, or show one operator's parameters")
     p.add_argument("name", nargs="?")
     args = ap.parse_args(argv)

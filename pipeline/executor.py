@@ -1,10 +1,17 @@
-"""Runs a validated recipe on Ray Data. The only module that knows about Ray scheduling.
+"""Runs a validated recipe on Ray. The only module that knows about Ray scheduling.
 
-Streaming between barriers: map/filter steps become `map_batches` stages (actors for operators
-that hold a model); a global step receives a `ray.data.Dataset`. Global steps, sinks and
-fan-out points are written to `<output>/<step>/` (see pipeline.io.write_dataset) with a
-`_COMPLETE.json` marker holding the hash of the step's recipe slice and its inputs: a rerun
-skips complete steps and a crashed run resumes from the last one written.
+A segment is what runs to write one materialized step (a global step, a sink or a fan-out
+point): its non-materialized ancestors. When a segment's map/filter steps form a chain from one
+input (the reader or a written step) they run fused, as datatrove runs a pipeline per task: a
+pool of `SegmentWorker` actors (one per allowed CPU, all started at once, each holding every
+operator of the chain set up once) takes work units (a Parquet row group or an input file),
+reads them and passes each batch through every step in turn, routing each step's rejected rows
+and ledger record right there; the kept rows stay in the object store until the same actors
+write them as deterministic shards (pipeline.shards). A global step then receives those rows
+as a `ray.data.Dataset`. Other shapes (a union of several inputs) run as one Ray Data
+`map_batches` stage per step. Written steps get a `_COMPLETE.json` marker holding the hash of
+the step's recipe slice and its inputs: a rerun skips complete steps and a crashed run resumes
+from the last one written.
 """
 from __future__ import annotations
 
@@ -19,9 +26,9 @@ import pyarrow.compute as pc
 from operators.base import DROP_REASON, RunContext
 from pipeline import dag
 from pipeline.dag import SOURCE
-from pipeline.io import read_input, read_step_output, text_bytes, write_dataset
+from pipeline.io import input_units, read_input, read_step_output, read_unit, text_bytes, write_dataset
 from pipeline.recipe import LoadedRecipe, expand_paths
-from pipeline.stats import (LEDGER, STATS, Progress, batch_key, check_invariants, collect,
+from pipeline.stats import (LEDGER, STATS, Display, Progress, batch_key, check_invariants, collect,
                             format_step_line, ledger_record)
 from pipeline.storage import Store
 
@@ -30,7 +37,8 @@ MARKER = "_COMPLETE.json"
 
 # -- what runs on the workers ------------------------------------------------------------
 def route(out: pa.Table, step_id: str, store_uri: str, write_rejected: bool, docs_in: int,
-          bytes_in: int, busy_s: float, key: str, counters: dict | None = None) -> pa.Table:
+          bytes_in: int, busy_s: float, key: str, counters: dict | None = None,
+          started: float | None = None) -> pa.Table:
     """Split a processed batch: rejected rows to rejected/<step>/, a ledger record to
     _ledger/<step>/, kept rows (without drop_reason) returned to the next step."""
     store = Store(store_uri)
@@ -43,7 +51,8 @@ def route(out: pa.Table, step_id: str, store_uri: str, write_rejected: bool, doc
     if rejected is not None and rejected.num_rows and write_rejected:
         store.write_table(f"rejected/{step_id}/{key}.parquet", rejected)
     store.write_json(f"{LEDGER}/{step_id}/{key}.json",
-                     ledger_record(docs_in, bytes_in, kept, rejected, busy_s, counters))
+                     ledger_record(docs_in, bytes_in, kept, rejected, busy_s, counters,
+                                   started=started, ended=time.time()))
     return kept
 
 
@@ -58,7 +67,7 @@ class StepRunner:
             self.op.ensure_setup()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
         docs_in, bytes_in = batch.num_rows, text_bytes(batch)
         out, counters = batch, None  # routing only (no operator): the rows were produced upstream
         if self.op is not None:
@@ -70,7 +79,7 @@ class StepRunner:
         # the ledger key comes from the input ids: a generating step's output ids are new rows
         key = batch_key(batch.column("id"))
         return route(out, self.step_id, self.store_uri, self.write_rejected, docs_in, bytes_in,
-                     time.perf_counter() - t0, key, counters)
+                     time.perf_counter() - t0, key, counters, started)
 
 
 _TASK_RUNNERS: dict[tuple, StepRunner] = {}
@@ -85,6 +94,69 @@ def run_step_task(batch: pa.Table, step_id: str, op_cls, params, store_uri: str,
     return runner(batch)
 
 
+class SegmentWorker:
+    """Ray actor running a fused chain of steps over work units (see the module docstring).
+
+    `steps` are (step_id, operator class or None, params, write_rejected, batch_size); a step
+    without an operator routes what the reader produced (its quarantined rows). `source` says
+    how to read a unit: {"kind": "input", "spec": InputSpec} or {"kind": "parquet", "batch_rows": n}.
+    """
+
+    def __init__(self, steps: list[tuple], store_uri: str, source: dict):
+        self.runners = [(StepRunner(sid, cls, params, store_uri, wr), bs) for sid, cls, params, wr, bs in steps]
+        self.source = source
+
+    def ready(self) -> bool:
+        return True
+
+    def _batches(self, unit):
+        if self.source["kind"] == "input":
+            yield from read_unit(self.source["spec"], unit)
+            return
+        import pyarrow.parquet as pq
+
+        path, row_groups = unit
+        pf = pq.ParquetFile(path)
+        for rb in pf.iter_batches(batch_size=self.source["batch_rows"], row_groups=row_groups):
+            yield pa.Table.from_batches([rb])
+
+    def run_unit(self, unit) -> tuple[pa.Table | None, dict]:
+        """Every batch of the unit through every step; returns (kept rows, per-step counts)."""
+        from pipeline.shards import table_bytes
+
+        counts = {r.step_id: [0, 0, 0.0] for r, _ in self.runners}  # docs in, docs out, busy s
+        parts = []
+        for batch in self._batches(unit):
+            cur = batch
+            for runner, size in self.runners:
+                if cur.num_rows == 0:
+                    break
+                t0 = time.perf_counter()
+                c = counts[runner.step_id]
+                c[0] += cur.num_rows
+                if cur.num_rows > size:  # the operator asked for smaller batches
+                    cur = pa.concat_tables([runner(cur.slice(o, size)) for o in range(0, cur.num_rows, size)],
+                                           promote_options="default")
+                else:
+                    cur = runner(cur)
+                c[1] += cur.num_rows
+                c[2] += time.perf_counter() - t0
+            if cur.num_rows:
+                parts.append(cur)
+        table = None
+        if parts:
+            table = pa.concat_tables(parts, promote_options="default") if len(parts) > 1 else parts[0]
+        info = {"counts": counts, "rows": 0 if table is None else table.num_rows,
+                "bytes": 0 if table is None else table_bytes(table),
+                "schema": None if table is None else table.schema}
+        return table, info
+
+    def write_shard(self, refs: list, shard: int, n: int, store_uri: str, rel_dir: str) -> dict:
+        from pipeline.shards import write_shard_refs
+
+        return write_shard_refs(refs, shard, n, store_uri, rel_dir)
+
+
 # -- the driver ------------------------------------------------------------------------------
 @dataclass
 class RunOptions:
@@ -94,7 +166,8 @@ class RunOptions:
     resume: bool = True
     progress: bool = True
     quiet: bool = False
-    progress_every: float = 10.0  # seconds between progress lines while a segment runs
+    progress_every: float = 10.0  # seconds between plain progress lines when not on a terminal
+    term: object = None  # where our own lines and the live display go (None: sys.stderr)
 
 
 class Executor:
@@ -105,14 +178,23 @@ class Executor:
         self.mats = dag.materialized(self.steps, self.kinds)
         self.store = Store(options.output)
 
+    @property
+    def term(self):
+        return self.opt.term or sys.stderr
+
     def say(self, msg: str) -> None:
         if not self.opt.quiet:
-            print(msg, file=sys.stderr, flush=True)
+            print(msg, file=self.term, flush=True)
+
+    def _display(self, seg: list[str], total_units: int | None = None) -> Display:
+        return Display(seg, file=self.term, enabled=self.opt.progress and not self.opt.quiet,
+                       total_units=total_units, plain_every=self.opt.progress_every)
 
     def _concurrency(self, res) -> int | None:
         caps = [c for c in (res.concurrency, self.opt.max_workers) if c]
         return min(caps) if caps else None
 
+    # -- Ray Data path (unions; a global step's own work) ---------------------------------
     def _apply(self, ds, step_id: str):
         import ray.data
 
@@ -130,12 +212,12 @@ class Executor:
             # a barrier: its input is computed once (run() may read it several times)
             return self._route(cls(params).run(ds.materialize(), ctx), step_id, spec.write_rejected)
         if res.actor:
-            # an autoscaling pool: a fixed pool as large as the cluster would hold every CPU and
-            # starve the steps that feed it
+            # a pool of the allowed size from the start (an autoscaling pool starts at one actor
+            # and grows only after its queue backs up, which a short run never sees)
             size = self._concurrency(res) or max(1, int(self._cluster_cpus() // max(res.num_cpus, 0.01)))
             return ds.map_batches(StepRunner, fn_constructor_args=(step_id, cls, params, self.store.uri,
                                                                     spec.write_rejected),
-                                  compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size), **common)
+                                  compute=ray.data.ActorPoolStrategy(min_size=size, max_size=size), **common)
         return ds.map_batches(run_step_task, fn_args=(step_id, cls, params, self.store.uri, spec.write_rejected),
                               compute=ray.data.TaskPoolStrategy(size=self._concurrency(res)), **common)
 
@@ -176,6 +258,151 @@ class Executor:
     def _columns(self, step_id: str) -> set[str]:
         return self.loaded.source_columns if step_id == SOURCE else self.loaded.columns[step_id]
 
+    # -- fused path ------------------------------------------------------------------------
+    def _chain_of(self, target: str) -> tuple[str, list[str]] | None:
+        """(input, map/filter steps in order) when `target`'s segment is one chain from one input
+        (the reader or a written step), the target itself possibly global; else None."""
+        chain: list[str] = []
+        cur = target
+        if self.kinds[target] == "global":
+            ups = self.loaded.inputs_of(target)
+            if len(ups) != 1:
+                return None
+            cur = ups[0]
+        while True:
+            if cur == SOURCE or (cur in self.mats and cur != target):
+                return cur, list(reversed(chain))
+            if self.kinds[cur] == "global":
+                return None
+            chain.append(cur)
+            ups = self.loaded.inputs_of(cur)
+            if len(ups) != 1:
+                return None
+            cur = ups[0]
+
+    def _start_pool(self, input_id: str, chain: list[str]):
+        """Work units and a pool of SegmentWorkers for the chain, all started at once."""
+        import pyarrow.parquet as pq
+        import ray
+
+        steps = []
+        if input_id == SOURCE:
+            source = {"kind": "input", "spec": self.loaded.recipe.input}
+            units = input_units(self.loaded.recipe.input, self.files)
+            steps.append((SOURCE, None, None, True, 1 << 62))
+        else:
+            res0 = self.loaded.resources[chain[0]] if chain else None
+            source = {"kind": "parquet", "batch_rows": res0.batch_size if res0 else 1024}
+            units = []
+            for p in self.store.list(input_id, ".parquet"):
+                path = self.store.full(p)
+                n_rg = pq.ParquetFile(path).metadata.num_row_groups
+                units += [(path, [rg]) for rg in range(n_rg)] or [(path, [])]
+        for sid in chain:
+            res = self.loaded.resources[sid]
+            steps.append((sid, self.loaded.operators[sid], self.loaded.params[sid],
+                          self.loaded.step(sid).write_rejected, res.batch_size))
+        ress = [self.loaded.resources[s] for s in chain]
+        num_cpus = max([r.num_cpus for r in ress] + [1.0])
+        num_gpus = max([r.num_gpus for r in ress] + [0.0])
+        size = max(1, int(self._cluster_cpus() // num_cpus))
+        if num_gpus:
+            size = min(size, max(1, int(ray.cluster_resources().get("GPU", 0) // num_gpus)))
+        caps = [c for c in [r.concurrency for r in ress] + [self.opt.max_workers] if c]
+        size = max(1, min([size, len(units)] + caps))
+        # max_restarts=0: a failed operator fails the run with its own error (no silent retry)
+        actor = ray.remote(SegmentWorker).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
+        pool = [actor.remote(steps, self.store.uri, source) for _ in range(size)]
+        return units, pool
+
+    def _run_pool(self, units: list, pool: list, display: Display) -> tuple[list, list[dict]]:
+        """Feed units to the pool (two in flight per worker, the next one to whoever finishes)."""
+        import ray
+
+        tables: list = [None] * len(units)
+        infos: list = [None] * len(units)
+        pending: dict = {}
+        nxt = 0
+
+        def submit(w: int) -> None:
+            nonlocal nxt
+            if nxt < len(units):
+                table, info = pool[w].run_unit.options(num_returns=2).remote(units[nxt])
+                tables[nxt] = table
+                pending[info] = (w, nxt)
+                nxt += 1
+
+        for w in range(len(pool)):
+            submit(w)
+            submit(w)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.25)
+            for ref in done:
+                w, u = pending.pop(ref)
+                infos[u] = ray.get(ref)
+                display.add(infos[u]["counts"])
+                submit(w)
+            display.refresh()
+        return tables, infos
+
+    def _write_with_pool(self, pool: list, tables: list, infos: list[dict], target: str) -> dict:
+        import ray
+
+        from pipeline.shards import shard_count, summarize, write_empty
+
+        self.store.rmtree(target)
+        self.store.makedirs(target)
+        rows = sum(i["rows"] for i in infos)
+        schema = next((i["schema"] for i in infos if i["schema"] is not None), None)
+        if rows == 0:
+            return write_empty(self.store, target, schema)
+        n = shard_count(sum(i["bytes"] for i in infos), self.loaded.recipe.shard_bytes)
+        refs = [t for t, i in zip(tables, infos) if i["rows"]]
+        results = ray.get([pool[s % len(pool)].write_shard.remote(refs, s, n, self.store.uri, target)
+                           for s in range(n)])
+        return summarize(results)
+
+    def _run_fused(self, target: str, input_id: str, chain: list[str], seg: list[str]) -> tuple[dict, dict]:
+        """Run a chain segment; returns (what was written, per-step wall seconds measured here)."""
+        import ray
+
+        units, pool = self._start_pool(input_id, chain)
+        walls: dict[str, float] = {}
+        try:
+            with self._display(seg, total_units=len(units)) as display:
+                tables, infos = self._run_pool(units, pool, display)
+                if self.kinds[target] != "global":
+                    return self._write_with_pool(pool, tables, infos, target), walls
+                for a in pool:  # the global step needs the CPUs
+                    ray.kill(a)
+                pool = []
+                t0 = time.perf_counter()
+                ds = self._rows_as_dataset(tables, infos)
+                written = write_dataset(self._apply(ds, target), self.store, target,
+                                        self.loaded.recipe.shard_bytes)
+                walls[target] = time.perf_counter() - t0
+                return written, walls
+        finally:
+            for a in pool:
+                ray.kill(a)
+
+    def _rows_as_dataset(self, tables: list, infos: list[dict]):
+        import ray.data
+
+        refs = [t for t, i in zip(tables, infos) if i["rows"]]
+        if refs:
+            return ray.data.from_arrow_refs(refs)
+        schema = next((i["schema"] for i in infos if i["schema"] is not None), None)
+        empty = schema.empty_table() if schema is not None else pa.table({"id": pa.array([], pa.string()),
+                                                                        "text": pa.array([], pa.string())})
+        return ray.data.from_arrow(empty)
+
+    def _run_ray_data(self, target: str, seg: list[str]) -> dict:
+        display = self._display(seg)
+        with display, Progress(self.store, seg, display=display, interval=0.5):
+            return write_dataset(self._plan(target, target), self.store, target, self.loaded.recipe.shard_bytes)
+
+    # -- the run ---------------------------------------------------------------------------
     def _segment(self, target: str) -> list[str]:
         """Steps computed while writing `target` (non-materialized ancestors, the reader too)."""
         seg, todo = [], [target]
@@ -212,20 +439,21 @@ class Executor:
         from pipeline.runtime import init_ray
 
         t_run = time.perf_counter()
-        init_ray(self.opt.address, num_cpus=None, quiet=self.opt.quiet,
-                 progress=self.opt.progress and sys.stderr.isatty())
         self._prepare_input()
         self.store.makedirs()
         order = dag.topo_order(self.steps)
+        targets = [t for t in order if t in self.mats]
+        hashes = {t: self.loaded.step_hash(t) for t in targets}
+        todo = [t for t in targets if not (self.opt.resume and self._complete(t) == hashes[t])]
         self.say(f"[gristmill] {self.loaded.recipe.name}: {len(self.files)} input file(s), {len(order)} steps "
                  f"-> {self.opt.output}")
+        if todo:  # a rerun with every output complete does not even start Ray
+            init_ray(self.opt.address, num_cpus=None, quiet=self.opt.quiet, progress=False)
         status: dict[str, str] = {}
-        for target in order:
-            if target not in self.mats:
-                continue
-            h = self.loaded.step_hash(target)
+        for target in targets:
+            h = hashes[target]
             seg = self._segment(target)
-            if self.opt.resume and self._complete(target) == h:
+            if target not in todo:
                 for s in seg:
                     status[s] = "skipped"
                 self.say(f"[gristmill] {target}: complete from an earlier run (hash {h}), skipped")
@@ -235,15 +463,20 @@ class Executor:
                 self.store.rmtree(f"rejected/{s}")
             self.say(f"[gristmill] running {' -> '.join(seg)} ...")
             t0 = time.perf_counter()
-            with Progress(self.store, seg, self.say, interval=0 if self.opt.quiet else self.opt.progress_every):
-                written = write_dataset(self._plan(target, target), self.store, target,
-                                        self.loaded.recipe.shard_bytes)
+            shape = self._chain_of(target)
+            walls: dict[str, float] = {}
+            if shape is not None:
+                written, walls = self._run_fused(target, shape[0], shape[1], seg)
+            else:
+                written = self._run_ray_data(target, seg)
             wall = time.perf_counter() - t0
             for s in seg:
                 st = collect(self.store, s)
                 st.update(id=s, op=self.loaded.step(s).op if s != SOURCE else f"read:{self.loaded.recipe.input.format}",
                           kind=self.kinds.get(s, "read"), segment=target, segment_wall_s=round(wall, 3),
                           hash=h if s == target else None)
+                if s in walls:
+                    st["wall_s"] = round(walls[s], 3)
                 if s == target and st["docs_out"] != written["rows"]:
                     raise RuntimeError(f"step {target!r}: ledger says {st['docs_out']} rows out but "
                                        f"{written['rows']} were written")
@@ -275,7 +508,7 @@ class Executor:
         problems = check_invariants(steps, inputs)
         stats = {"recipe": self.loaded.recipe.name, "recipe_path": self.loaded.path, "output": self.opt.output,
                  "wall_s": round(wall, 3), "steps": steps, "invariant_ok": not problems, "problems": problems,
-                 "outputs": sorted(self.mats)}
+                 "outputs": sorted(self.mats), "ran": [s for s, v in status.items() if v == "ran"]}
         self.store.write_json("stats.json", stats)
         if problems:
             raise RuntimeError("accounting invariant broken:\n" + "\n".join(problems))

@@ -186,30 +186,50 @@ def read_input(spec, files: list[str], max_workers: int | None = None):
                           compute=ray.data.TaskPoolStrategy(size=max_workers))
 
 
+def input_units(spec, files: list[str]) -> list[tuple]:
+    """Work units for the engine's segment workers: one per Parquet row group (so a single
+    big file still feeds every worker), one per file for the streaming formats. A unit is
+    (path, key, row_groups, first_row); ids generated from it equal whole-file reading."""
+    units = []
+    for path, key in zip(files, file_keys(files)):
+        if spec.format == "parquet":
+            meta = _parquet_file(path).metadata
+            first = 0
+            for rg in range(meta.num_row_groups):
+                units.append((path, key, [rg], first))
+                first += meta.row_group(rg).num_rows
+            if meta.num_row_groups == 0:
+                units.append((path, key, [], 0))
+        else:
+            units.append((path, key, None, 0))
+    return units
+
+
+def _parquet_file(path: str) -> pq.ParquetFile:
+    if "://" in path:
+        fs, p = pafs.FileSystem.from_uri(path)
+        return pq.ParquetFile(fs.open_input_file(p))
+    return pq.ParquetFile(path)
+
+
+def read_unit(spec, unit: tuple) -> Iterator[pa.Table]:
+    """The batches of one unit from input_units, exactly as read_file_batches yields them."""
+    path, key, row_groups, first = unit
+    if row_groups is None:
+        yield from read_file_batches(path, key, spec.format, spec.batch_rows, spec.id_column, spec.text_column)
+        return
+    pf = _parquet_file(path)
+    if spec.text_column not in pf.schema_arrow.names:
+        raise ValueError(f"{path}: no {spec.text_column!r} column (it has {', '.join(pf.schema_arrow.names)}); "
+                         "set input.text_column")
+    row = first
+    for rb in pf.iter_batches(batch_size=spec.batch_rows, row_groups=row_groups):
+        t = pa.Table.from_batches([rb])
+        yield _finish(t, key, row, spec.id_column, spec.text_column)
+        row += t.num_rows
+
+
 # -- deterministic output ------------------------------------------------------------------
-SHARD_COL = "_shard"
-
-
-def shard_of(ids: pa.ChunkedArray | pa.Array, n: int) -> pa.Array:
-    """Stable shard number from the id (not from the row's position), so files do not depend
-    on batching or the number of workers."""
-    import polars as pl
-
-    h = pl.Series(ids if isinstance(ids, pa.Array) else ids.combine_chunks()).hash(seed=1234)
-    return (h % n).cast(pl.Int32).to_arrow()
-
-
-def write_shard(table: pa.Table, store_uri: str, rel_dir: str) -> pa.Table:
-    """map_groups UDF: all rows of one shard -> sorted by id -> <dir>/part-NNNNN.parquet."""
-    from pipeline.storage import Store
-
-    shard = table.column(SHARD_COL)[0].as_py()
-    table = table.drop_columns([SHARD_COL])
-    table = table.take(pc.sort_indices(table, [("id", "ascending")]))
-    Store(store_uri).write_table(f"{rel_dir}/part-{shard:05d}.parquet", table)
-    return pa.table({"shard": [shard], "rows": [table.num_rows], "bytes": [text_bytes(table)]})
-
-
 def text_bytes(table: pa.Table) -> int:
     if "text" not in table.column_names or table.num_rows == 0:
         return 0
@@ -218,32 +238,20 @@ def text_bytes(table: pa.Table) -> int:
 
 def write_dataset(ds, store, rel_dir: str, shard_bytes: int) -> dict:
     """Write a dataset as Parquet shards: rows spread over shards by a hash of `id`, each shard
-    sorted by id. Same rows => byte-identical files, whatever the number of workers."""
+    sorted by id. Same rows => byte-identical files, whatever the number of workers.
+    One Ray Data execution (materialize); the shards are then written by one Ray task each
+    straight from the object store (pipeline.shards), without a shuffle."""
+    import ray
+
+    from pipeline.shards import sizes_of_refs, write_refs_with_tasks
+
     mat = ds.materialize()
-    rows = mat.count()
-    store.rmtree(rel_dir)
-    store.makedirs(rel_dir)
-    if rows == 0:
-        schema = mat.schema()
-        empty = (schema.base_schema if schema is not None and hasattr(schema, "base_schema") else None)
-        empty = empty.empty_table() if isinstance(empty, pa.Schema) else pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())})
-        store.write_table(f"{rel_dir}/part-00000.parquet", empty)
-        return {"rows": 0, "bytes": 0, "files": 1}
-    n = max(1, math.ceil((mat.size_bytes() or 1) / shard_bytes))
-
-    def add_shard(b: pa.Table) -> pa.Table:
-        return set_column(b, SHARD_COL, shard_of(b.column("id"), n))
-
-    sharded = mat.map_batches(add_shard, batch_format="pyarrow")
-    if n == 1:  # one shard (<= shard_bytes): one task writes it, no shuffle
-        written = sharded.repartition(1).map_batches(write_shard, fn_args=(store.uri, rel_dir),
-                                                      batch_format="pyarrow", batch_size=None)
-    else:
-        written = sharded.groupby(SHARD_COL).map_groups(write_shard, fn_args=(store.uri, rel_dir),
-                                                        batch_format="pyarrow")
-    summary = written.take_all()
-    return {"rows": sum(r["rows"] for r in summary), "bytes": sum(r["bytes"] for r in summary),
-            "files": len(summary)}
+    refs = mat.to_arrow_refs()
+    schema = mat.schema()
+    schema = getattr(schema, "base_schema", schema) if schema is not None else None
+    sizes = ray.get(ray.remote(num_cpus=0.25)(sizes_of_refs).remote(refs))
+    return write_refs_with_tasks(refs, store, rel_dir, shard_bytes, sum(sizes),
+                                 schema if isinstance(schema, pa.Schema) else None)
 
 
 def read_step_output(store, rel_dir: str):

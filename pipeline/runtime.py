@@ -10,6 +10,38 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 # Ray keeps ~one idle worker per CPU; shuffle reducers and actors then restart Python worker
 # processes at every stage (5-10 s each on 2 cores). Keeping a few more idle workers avoids it.
 os.environ.setdefault("RAY_num_workers_soft_limit", str(max(8, 2 * (os.cpu_count() or 2))))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-stats prompt or thread
+
+
+class TerminalOutput:
+    """Sends this process's file descriptors 1 and 2 (everything Ray, its C++ core, its
+    subprocesses and Python warnings print) to `log_path`, and keeps the real terminal as
+    `out` / `err` for our own lines and the live display. `restore()` undoes it."""
+
+    def __init__(self, log_path: str):
+        import sys
+
+        os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.log_path = log_path
+        self._saved = (os.dup(1), os.dup(2))
+        self.out = os.fdopen(os.dup(self._saved[0]), "w", buffering=1)
+        self.err = os.fdopen(os.dup(self._saved[1]), "w", buffering=1)
+        self._log = open(log_path, "a", buffering=1)
+        os.dup2(self._log.fileno(), 1)
+        os.dup2(self._log.fileno(), 2)
+
+    def restore(self) -> None:
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self._saved[0], 1)
+        os.dup2(self._saved[1], 2)
+        for fd in self._saved:
+            os.close(fd)
+        self._log.close()
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = False,

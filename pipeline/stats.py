@@ -35,9 +35,11 @@ def batch_key(ids) -> str:
 
 
 def ledger_record(docs_in: int, bytes_in: int, kept: pa.Table, rejected: pa.Table | None,
-                  busy_s: float, counters: dict | None = None) -> dict:
+                  busy_s: float, counters: dict | None = None, started: float | None = None,
+                  ended: float | None = None) -> dict:
     """One batch's accounting. `generated` is rows returned beyond rows received (only a
-    generating operator has any); `tokens_out` is summed when the rows carry `n_tokens`."""
+    generating operator has any); `tokens_out` is summed when the rows carry `n_tokens`;
+    `started`/`ended` (epoch seconds) give the step's wall time (first start to last end)."""
     from pipeline.io import text_bytes
 
     dropped: Counter = Counter()
@@ -52,6 +54,9 @@ def ledger_record(docs_in: int, bytes_in: int, kept: pa.Table, rejected: pa.Tabl
         rec["tokens_out"] = int(pc.sum(kept.column("n_tokens")).as_py() or 0)
     if counters:
         rec["counters"] = {k: float(v) for k, v in counters.items()}
+    if started is not None:
+        rec["started"] = round(started, 6)
+        rec["ended"] = round(ended if ended is not None else time.time(), 6)
     return rec
 
 
@@ -62,6 +67,7 @@ def collect(store, step_id: str) -> dict:
     dropped: Counter = Counter()
     counters: Counter = Counter()
     tokens = None
+    first = last = None
     for path in store.list(f"{LEDGER}/{step_id}", ".json"):
         rel = path[len(store.root) + 1:]
         rec = store.read_json(rel)
@@ -73,7 +79,13 @@ def collect(store, step_id: str) -> dict:
         counters.update(rec.get("counters", {}))
         total["batches"] += 1
         dropped.update(rec["dropped"])
+        if "started" in rec:
+            first = rec["started"] if first is None else min(first, rec["started"])
+            last = rec["ended"] if last is None else max(last, rec["ended"])
     total["busy_s"] = round(total["busy_s"], 3)
+    # wall time: from the first batch's start to the last batch's end (steps of one segment
+    # overlap, so their wall times do not add up to the segment's)
+    total["wall_s"] = round(last - first, 3) if first is not None else 0.0
     if tokens is not None:
         total["tokens_out"] = tokens
     if counters:
@@ -103,7 +115,8 @@ def check_invariants(steps: list[dict], inputs: dict[str, list[str]]) -> list[st
 
 def format_step_line(s: dict) -> str:
     drops = ", ".join(f"{k} {v:,}" for k, v in s["dropped"].items())
-    state = "skipped (complete)" if s.get("status") == "skipped" else f"{s.get('busy_s', 0):.1f}s busy"
+    state = ("skipped (complete)" if s.get("status") == "skipped"
+             else f"{s.get('wall_s', 0):.1f}s wall, {s.get('busy_s', 0):.1f}s busy")
     rate = ""
     if s.get("busy_s"):
         rate = f", {s['docs_in'] / max(s['busy_s'], 1e-9):,.0f} docs/s per worker"
@@ -112,15 +125,17 @@ def format_step_line(s: dict) -> str:
 
 
 class Progress:
-    """While a segment runs, print a line every `interval` seconds with the docs each step has
-    handled so far, read incrementally from the ledger files the workers write."""
+    """While a segment runs on Ray Data, read the ledger files the workers write every
+    `interval` seconds and show the docs each step has handled so far (on `display`, else as a
+    line through `say`)."""
 
-    def __init__(self, store, steps: list[str], say, interval: float = 10.0):
+    def __init__(self, store, steps: list[str], say=None, interval: float = 10.0, display=None):
         import threading
 
-        self.store, self.steps, self.say, self.interval = store, steps, say, interval
+        self.store, self.steps, self.say, self.interval, self.display = store, steps, say, interval, display
         self.seen: dict[str, set] = {s: set() for s in steps}
         self.docs: dict[str, int] = {s: 0 for s in steps}
+        self.docs_out: dict[str, int] = {s: 0 for s in steps}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.t0 = time.perf_counter()
@@ -145,11 +160,96 @@ class Progress:
                     continue  # being replaced right now; next tick
                 self.seen[s].add(path)
                 self.docs[s] += rec["docs_in"]
+                self.docs_out[s] += rec["docs_out"]
                 changed = True
         return changed
 
     def _loop(self):
         while not self._stop.wait(self.interval):
-            if self.poll():
+            changed = self.poll()
+            if self.display is not None:
+                for s in self.steps:
+                    self.display.set(s, self.docs[s], self.docs_out[s])
+                self.display.refresh()
+            elif changed and self.say is not None:
                 done = "  ".join(f"{s} {self.docs[s]:,}" for s in self.steps)
                 self.say(f"[gristmill]   {time.perf_counter() - self.t0:5.0f}s  docs handled: {done}")
+
+
+class Display:
+    """One live progress display for a running segment (rich): per step docs in, out and
+    dropped, docs/s, elapsed and, when the number of work units is known, ETA. Transient: it
+    disappears when the segment ends and the step lines are printed instead. Not on a terminal
+    (CI logs, files) it prints a plain line every `plain_every` seconds."""
+
+    def __init__(self, steps: list[str], file=None, enabled: bool = True, total_units: int | None = None,
+                 plain_every: float = 10.0):
+        import sys
+
+        from rich.console import Console
+
+        self.steps, self.enabled, self.total_units, self.plain_every = steps, enabled, total_units, plain_every
+        self.counts = {s: [0, 0] for s in steps}
+        self.units_done = 0
+        self.t0 = self._last_plain = time.perf_counter()
+        self.console = Console(file=file or sys.stderr, highlight=False)
+        self.live = None
+        if enabled and self.console.is_terminal:
+            from rich.live import Live
+
+            self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True,
+                             redirect_stdout=False, redirect_stderr=False)
+
+    def __enter__(self):
+        if self.live is not None:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live is not None:
+            self.live.stop()
+
+    def add(self, counts: dict, units: int = 1) -> None:
+        """Counts of one finished work unit: {step: [docs_in, docs_out, ...]}."""
+        for s, c in counts.items():
+            if s in self.counts:
+                self.counts[s][0] += c[0]
+                self.counts[s][1] += c[1]
+        self.units_done += units
+
+    def set(self, step: str, docs_in: int, docs_out: int) -> None:
+        if step in self.counts:
+            self.counts[step] = [docs_in, docs_out]
+
+    def eta(self) -> float | None:
+        if not self.total_units or not self.units_done:
+            return None
+        elapsed = time.perf_counter() - self.t0
+        return elapsed * (self.total_units - self.units_done) / self.units_done
+
+    def _render(self):
+        from rich.table import Table
+
+        elapsed = time.perf_counter() - self.t0
+        eta = self.eta()
+        title = f"{elapsed:.0f}s elapsed" + (f", ETA {eta:.0f}s" if eta is not None else "")
+        if self.total_units:
+            title += f" ({self.units_done}/{self.total_units} input units)"
+        t = Table(title=title, title_justify="left", box=None, pad_edge=False)
+        for col in ("step", "in", "out", "dropped", "docs/s"):
+            t.add_column(col, justify="left" if col == "step" else "right")
+        for s in self.steps:
+            i, o = self.counts[s]
+            t.add_row(s, f"{i:,}", f"{o:,}", f"{max(i - o, 0):,}", f"{i / max(elapsed, 1e-9):,.0f}")
+        return t
+
+    def refresh(self) -> None:
+        if self.live is not None:
+            self.live.update(self._render())
+        elif self.enabled and time.perf_counter() - self._last_plain >= self.plain_every:
+            self._last_plain = time.perf_counter()
+            elapsed = time.perf_counter() - self.t0
+            eta = self.eta()
+            done = "  ".join(f"{s} {self.counts[s][0]:,}" for s in self.steps)
+            print(f"[gristmill]   {elapsed:5.0f}s  docs handled: {done}"
+                  + (f"  (ETA {eta:.0f}s)" if eta is not None else ""), file=self.console.file, flush=True)

@@ -29,7 +29,7 @@ def test_invariant_checks_catch_lost_rows():
     bad = {"id": "b", "docs_in": 2, "docs_out": 2, "docs_dropped": 0}
     problems = check_invariants([ok, bad], {"b": ["a"]})
     assert len(problems) == 1 and "rows were lost" in problems[0]
-    assert "docs_in 5 != docs_out 4" in check_invariants([{**ok, "docs_out": 4}], {})[0]
+    assert "docs_in 5 + generated 0 != docs_out 4" in check_invariants([{**ok, "docs_out": 4}], {})[0]
 
 
 def test_batch_keys_depend_on_ids_only():
