@@ -20,6 +20,9 @@ EXAMPLE_PARAMS: dict[str, dict] = {
     "sample": {"fraction": 0.5},
 }
 NEEDS_ARTIFACT = {"quality_classifier"}  # needs a trained model by path: covered by its own tests
+# generating operators return more rows than they get, and an LLM over 240 documents is minutes
+# here: tests/operators/test_rephrase.py runs rephrase in-process and on Ray on a few documents
+NEEDS_ARTIFACT |= {"rephrase"}
 
 
 def corpus() -> pa.Table:
