@@ -205,7 +205,19 @@ def _import_file(path: str, name: str, spec_text: str):
         raise PluginError(f"plugin {spec_text!r} ({real}) failed to import: {_where_in(e, real)}"
                           f"{type(e).__name__}: {e}") from e
     _PLUGIN_FILES[name] = key
+    _ship_by_value(module)
     return module
+
+
+def _ship_by_value(module) -> None:
+    """A plugin imported from a file is not importable on Ray workers (its folder is not on their
+    path; on a cluster the file is not even there): its classes travel with the pickled operator
+    instead. Ray's own cloudpickle decides, so it is told here (Ray is imported lazily)."""
+    if importlib.util.find_spec("ray") is None:  # in-process use without Ray installed
+        return
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(module)
 
 
 def _where_in(exc: BaseException, path: str) -> str:
@@ -253,11 +265,6 @@ def load_plugin(spec: str, base_dir: str | None = None):
                           f"installed (pip install ...)") from e
     except Exception as e:
         raise PluginError(f"plugin {spec!r} failed to import: {type(e).__name__}: {e}") from e
-
-
-def plugin_loaded_from_file(module) -> bool:
-    """True for a plugin imported from a file by path (not importable by name elsewhere)."""
-    return _PLUGIN_FILES.get(getattr(module, "__name__", "")) is not None
 
 
 def load_operators(plugins: Iterable[str] = (), base_dir: str | None = None) -> dict[str, type[Operator]]:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from operators.base import Operator, PluginError, load_operators, load_plugin, plugin_loaded_from_file
+from operators.base import Operator, PluginError, load_operators, load_plugin
 from pipeline import dag
 from pipeline.dag import SOURCE
 
@@ -248,7 +248,8 @@ def load_recipe(path: str, overrides: list[str] = (), check_inputs: bool = True)
         return tuple(loc)
 
     def from_set(loc: tuple) -> str:
-        return " (from --set)" if tuple(map(str, by_id(loc))) in overridden else ""
+        key = tuple(map(str, by_id(loc)))
+        return " (from --set)" if any(o[:len(key)] == key for o in overridden) else ""
 
     problems: list[str] = []
     try:
@@ -261,19 +262,16 @@ def load_recipe(path: str, overrides: list[str] = (), check_inputs: bool = True)
             hint = ""
             model = _model_at(tuple(loc[:-1]))
             if err["type"] == "extra_forbidden" and model is not None:
-                hint = _closest(loc[-1], model.model_fields) or f" Keys here: {', '.join(model.model_fields)}."
+                hint = "." + (_closest(loc[-1], model.model_fields) or f" Keys here: {', '.join(model.model_fields)}.")
             problems.append(f"{where(loc)}: {who}{dotted}{from_set(loc)}: {_expected(err)}{hint}")
         raise RecipeError(problems) from None
 
     registry = load_operators()
     for i, spec in enumerate(recipe.plugins):
         try:
-            module = load_plugin(spec, base_dir)
+            load_plugin(spec, base_dir)  # a plugin from a file is shipped to Ray workers by value
         except PluginError as e:
             problems.append(f"{where(('plugins', i))}: {e}")
-            continue
-        if plugin_loaded_from_file(module):
-            _ship_by_value(module)
     if problems:
         raise RecipeError(problems)
 
@@ -360,23 +358,17 @@ def load_recipe(path: str, overrides: list[str] = (), check_inputs: bool = True)
     return loaded
 
 
-def _ship_by_value(module) -> None:
-    """A plugin imported from a file is not importable on Ray workers (the recipe's folder is
-    not on their path, and on a cluster the file is not even there): its classes travel with
-    the pickled operator instead."""
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(module)
-
-
 def expand_paths(patterns: list[str]) -> list[str]:
-    """Local globs expand here (sorted, so runs are deterministic); URIs are kept as given
-    (Ray/pyarrow list them when reading)."""
+    """Local globs expand here (sorted, so runs are deterministic) to absolute paths: relative
+    ones are relative to the working directory of the driver, not of the Ray workers that read
+    them. URIs are kept as given (Ray/pyarrow list them when reading)."""
     files: list[str] = []
     for p in patterns:
         if "://" in p:
             files.extend(_expand_uri(p))
-        elif any(ch in p for ch in "*?["):
+            continue
+        p = os.path.abspath(os.path.expanduser(p))
+        if any(ch in p for ch in "*?["):
             files.extend(sorted(glob.glob(p, recursive=True)))
         elif os.path.isdir(p):
             files.extend(sorted(os.path.join(d, f) for d, _, fs in os.walk(p) for f in fs

@@ -22,7 +22,8 @@ class Store:
             self.fs, self.root = pafs.FileSystem.from_uri(root)
         else:
             self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(root)
-        self.uri = root
+        # what workers get: absolute, since a relative path would resolve against their own cwd
+        self.uri = root if "://" in root else self.root
 
     def path(self, *parts: str) -> str:
         for p in parts:
