@@ -120,6 +120,12 @@ def format_step_line(s: dict) -> str:
     rate = ""
     if s.get("busy_s"):
         rate = f", {s['docs_in'] / max(s['busy_s'], 1e-9):,.0f} docs/s per worker"
+    c = s.get("counters") or {}
+    if s.get("generated") or "tokens_generated" in c:  # a generating step: what the model produced
+        rate += f", generated {s.get('generated', 0):,}"
+        if c.get("generate_s"):
+            rate += (f", {c.get('tokens_generated', 0):,.0f} tokens at "
+                     f"{c.get('tokens_generated', 0) / c['generate_s']:,.1f} tokens/s per worker")
     return (f"[gristmill] {s['id']:<14} {s['op']:<16} in {s['docs_in']:>9,}  out {s['docs_out']:>9,}  "
             f"dropped {s['docs_dropped']:>8,}{' (' + drops + ')' if drops else ''}  {state}{rate}")
 
