@@ -110,12 +110,21 @@ class SegmentWorker:
         return True
 
     def _batches(self, unit):
+        """The unit's batches. A unit is (part, k, K): the k-th of every K batches of a file or
+        row group (K > 1 only when there are fewer parts than workers: each reads the part and
+        processes its share, so one file still keeps every worker busy)."""
+        part, k, every = unit
+        for i, batch in enumerate(self._read(part)):
+            if i % every == k:
+                yield batch
+
+    def _read(self, part):
         if self.source["kind"] == "input":
-            yield from read_unit(self.source["spec"], unit)
+            yield from read_unit(self.source["spec"], part)
             return
         import pyarrow.parquet as pq
 
-        path, row_groups = unit
+        path, row_groups = part
         pf = pq.ParquetFile(path)
         for rb in pf.iter_batches(batch_size=self.source["batch_rows"], row_groups=row_groups):
             yield pa.Table.from_batches([rb])
@@ -309,7 +318,10 @@ class Executor:
         if num_gpus:
             size = min(size, max(1, int(ray.cluster_resources().get("GPU", 0) // num_gpus)))
         caps = [c for c in [r.concurrency for r in ress] + [self.opt.max_workers] if c]
-        size = max(1, min([size, len(units)] + caps))
+        size = max(1, min([size] + caps))
+        every = -(-size // max(len(units), 1))  # split parts when there are fewer than workers
+        units = [(u, k, every) for u in units for k in range(every)]
+        size = min(size, len(units))
         # max_restarts=0: a failed operator fails the run with its own error (no silent retry)
         actor = ray.remote(SegmentWorker).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
         pool = [actor.remote(steps, self.store.uri, source) for _ in range(size)]
@@ -340,7 +352,7 @@ class Executor:
             for ref in done:
                 w, u = pending.pop(ref)
                 infos[u] = ray.get(ref)
-                display.add(infos[u]["counts"])
+                display.units_done += 1  # counts come from the ledger (Progress): finer than units
                 submit(w)
             display.refresh()
         return tables, infos
@@ -369,7 +381,8 @@ class Executor:
         units, pool = self._start_pool(input_id, chain)
         walls: dict[str, float] = {}
         try:
-            with self._display(seg, total_units=len(units)) as display:
+            display = self._display(seg, total_units=len(units))
+            with display, Progress(self.store, seg, display=display, interval=1.0):
                 tables, infos = self._run_pool(units, pool, display)
                 if self.kinds[target] != "global":
                     return self._write_with_pool(pool, tables, infos, target), walls
@@ -436,6 +449,12 @@ class Executor:
         self.loaded.source_fingerprint = fingerprint
 
     def run(self) -> dict:
+        from pipeline.lock import output_lock
+
+        with output_lock(self.opt.output):  # one run per output dir; an unwritable one fails here
+            return self._run()
+
+    def _run(self) -> dict:
         from pipeline.runtime import init_ray
 
         t_run = time.perf_counter()

@@ -157,3 +157,31 @@ def test_crashed_run_resumes_to_identical_output(ray_session, tmp_path, corpus):
     for step in ("dedup", "pick"):
         assert digest(out, step) == digest(tmp_path / "clean", step)
     assert [s["docs_out"] for s in resumed["steps"]] == [s["docs_out"] for s in clean["steps"]]
+
+
+def test_python_entry_point_one_file_split_over_workers_reuses_ray(ray_session, tmp_path, corpus):
+    """pipeline.run takes a dict; one input file still feeds two workers (each takes every other
+    batch) with the same bytes as one worker; a second run in the process reuses Ray; a rerun
+    with every output complete reads nothing."""
+    import pipeline
+
+    one_file = sorted(corpus.glob("*.jsonl.gz"))[0]
+    spec = {"name": "nb", "input": {"format": "jsonl", "paths": [str(one_file)], "batch_rows": 50},
+            "output": str(tmp_path / "nb-w2"),
+            "steps": [{"id": "length", "op": "length_filter", "params": {"min_chars": 40}},
+                      {"id": "pick", "op": "sample", "params": {"fraction": 0.8, "seed": 1}}]}
+    node = ray_session.get_runtime_context().get_node_id()
+    two = pipeline.run(spec, workers=2, quiet=True)
+    one = pipeline.run(spec, output=str(tmp_path / "nb-w1"), workers=1, quiet=True)
+    assert ray_session.get_runtime_context().get_node_id() == node  # the same Ray, not a new one
+    assert digest(tmp_path / "nb-w2", "pick") == digest(tmp_path / "nb-w1", "pick")
+    assert two.step("read")["docs_in"] == 200 and two["invariant_ok"]
+    assert two.table("pick").num_rows == two.step("pick")["docs_out"] > 0
+    rej = two.rejected("length")
+    assert rej.num_rows == two.step("length")["docs_dropped"] > 0 and rej.column("drop_reason").null_count == 0
+    with pytest.raises(ValueError, match="not written"):
+        two.table("length")
+    for s in one["steps"]:  # wall and busy time for every step; steps of a segment overlap
+        assert 0 <= s["busy_s"] and 0 < s["wall_s"] <= s["segment_wall_s"] + 1e-3
+    again = pipeline.run(spec, workers=2, quiet=True)
+    assert again["ran"] == [] and {s["status"] for s in again["steps"]} == {"skipped"}

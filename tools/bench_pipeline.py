@@ -1,0 +1,223 @@
+"""End-to-end engine benchmarks (issue 19): `gristmill run` as users run it vs peers, each side a
+fresh process (start-up included), on the same files and cores, ratios from one run.
+
+    python tools/bench_pipeline.py quickstart            # make quickstart's run, wall seconds
+    python tools/bench_pipeline.py passthrough --docs 200000   # vs Ray Data read->identity->write
+    python tools/bench_pipeline.py filters --docs 12000  # LID + 4 filters vs datatrove
+    python tools/bench_pipeline.py front --repeat 4      # WARC->extract->LID->4 filters vs datatrove
+    python tools/bench_pipeline.py workers --repeat 4    # the front with --workers 1 vs 2
+    python tools/bench_pipeline.py all
+
+Corpora: the scale corpus from ../shared/data/make_scale_corpus.py (written once under --tmp,
+in shards of --docs-per-shard so that both sides can split the work over their workers) and
+../shared/data/web/pages.warc.gz copied --repeat times. Each line reports the load average
+before and after, because the machine may be shared: compare ratios, not seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+PY = sys.executable
+FILTERS = ["gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality"]
+
+
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def timed(cmd: list[str], env: dict | None = None) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return wall
+
+
+def scale_corpus(tmp: pathlib.Path, docs: int, per_shard: int) -> pathlib.Path:
+    out = tmp / f"scale-{docs}-{per_shard}"
+    if not (out / "part-00000.parquet").exists():
+        subprocess.run([PY, str(DATA / "make_scale_corpus.py"), "--docs", str(docs), "--out", str(out),
+                        "--docs-per-shard", str(per_shard)], check=True, capture_output=True)
+        (out / "duplicates_truth.parquet").unlink(missing_ok=True)  # not an input document file
+    return out
+
+
+def web_copies(tmp: pathlib.Path, repeat: int) -> pathlib.Path:
+    out = tmp / f"web-x{repeat}"
+    out.mkdir(parents=True, exist_ok=True)
+    for k in range(repeat):
+        dst = out / f"pages-{k}.warc.gz"
+        if not dst.exists():
+            shutil.copy(DATA / "web" / "pages.warc.gz", dst)
+    return out
+
+
+def recipe(tmp: pathlib.Path, name: str, fmt: str, paths: str, steps: list[str], batch_rows: int = 1024) -> str:
+    p = tmp / f"{name}.yaml"
+    body = "\n".join(f"  - {{id: {s.split(':')[0]}, op: {s.split(':')[-1]}}}" for s in steps)
+    p.write_text(textwrap.dedent(f"""\
+        name: {name}
+        input: {{format: {fmt}, paths: ["{paths}"], batch_rows: {batch_rows}}}
+        output: {tmp}/out-{name}
+        steps:
+        """) + body + "\n")
+    return str(p)
+
+
+def gristmill(recipe_path: str, out: pathlib.Path, workers: int | None = None) -> tuple[float, dict]:
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [str(ROOT / ".venv" / "bin" / "gristmill"), "run", recipe_path, "--output", str(out), "--no-resume"]
+    if workers:
+        cmd += ["--workers", str(workers)]
+    wall = timed(cmd)
+    return wall, json.loads((out / "stats.json").read_text())
+
+
+RAY_DATA = """
+import sys, ray
+src, dst = sys.argv[1], sys.argv[2]
+ray.init(include_dashboard=False, logging_level="WARNING")
+ray.data.DataContext.get_current().enable_progress_bars = False
+ray.data.read_parquet(src).map_batches(lambda b: b, batch_format="pyarrow").write_parquet(dst)
+"""
+
+DATATROVE = """
+import sys
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
+                                        GopherRepetitionFilter, LanguageFilter)
+from datatrove.pipeline.readers import ParquetReader, WarcReader
+from datatrove.pipeline.extractors import Trafilatura
+from datatrove.pipeline.writers import ParquetWriter
+from operators.language_id import default_model_path
+
+kind, src, dst, logs, tasks = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+lf = LanguageFilter()
+lf.model.MODEL_URL = "file://" + default_model_path()  # the same fastText model, no download
+head = ([ParquetReader(src, glob_pattern="part-*.parquet")] if kind == "filters"
+        else [WarcReader(src, glob_pattern="*.warc.gz"), Trafilatura(favour_precision=True)])
+pipe = head + [lf, GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(), FineWebQualityFilter(),
+               ParquetWriter(dst)]
+LocalPipelineExecutor(pipeline=pipe, tasks=tasks, workers=tasks, logging_dir=logs).run()
+"""
+
+
+def peer(script: str, *args: str) -> float:
+    return timed([PY, "-c", script, *args], env={"PYTHONPATH": str(ROOT)})
+
+
+def report(name: str, ours: float, peer_wall: float, docs: int, target: str, before: str) -> dict:
+    ratio = peer_wall / ours
+    print(f"{name:<12} gristmill {ours:7.1f} s ({docs / ours:8,.0f} docs/s)   peer {peer_wall:7.1f} s "
+          f"({docs / peer_wall:8,.0f} docs/s)   ratio {ratio:5.2f}x (target {target})   load {before} -> {load()}",
+          flush=True)
+    return {"bench": name, "gristmill_s": round(ours, 2), "peer_s": round(peer_wall, 2), "docs": docs,
+            "ratio": round(ratio, 3)}
+
+
+def bench_quickstart(tmp: pathlib.Path, a) -> dict:
+    before = load()
+    out = tmp / "out-quickstart"
+    wall, stats = gristmill(str(ROOT / "recipes" / "quickstart.yaml"), out)
+    busy = sum(s.get("busy_s", 0) for s in stats["steps"])
+    print(f"quickstart   gristmill {wall:7.1f} s (target <= 20 s), operators busy {busy:.1f} s   load {before} -> {load()}",
+          flush=True)
+    return {"bench": "quickstart", "gristmill_s": round(wall, 2), "busy_s": round(busy, 2)}
+
+
+def bench_passthrough(tmp: pathlib.Path, a) -> dict:
+    src = scale_corpus(tmp, a.docs or 200_000, a.docs_per_shard or 50_000)
+    r = recipe(tmp, "passthrough", "parquet", f"{src}/part-*.parquet", ["all:sample"], batch_rows=4096)
+    pathlib.Path(r).write_text(pathlib.Path(r).read_text().replace("op: sample}", "op: sample, params: {fraction: 1.0}}"))
+    before = load()
+    ours, stats = gristmill(r, tmp / "out-passthrough")
+    dst = tmp / "out-raydata"
+    shutil.rmtree(dst, ignore_errors=True)
+    files = sorted(str(p) for p in src.glob("part-*.parquet"))
+    theirs = peer(RAY_DATA, ",".join(files) if len(files) == 1 else str(src), str(dst))
+    docs = stats["steps"][0]["docs_in"]
+    return report("passthrough", ours, theirs, docs, ">= 0.8x", before)
+
+
+def bench_filters(tmp: pathlib.Path, a) -> dict:
+    src = scale_corpus(tmp, a.docs or 12_000, a.docs_per_shard or 3_000)
+    r = recipe(tmp, "filters", "parquet", f"{src}/part-*.parquet", ["lang:language_id"] + FILTERS)
+    before = load()
+    ours, stats = gristmill(r, tmp / "out-filters")
+    theirs = peer(DATATROVE, "filters", str(src), str(tmp / "dt-filters"), str(tmp / "dt-filters-logs"),
+                  str(a.tasks))
+    return report("filters", ours, theirs, stats["steps"][0]["docs_in"], ">= 10x", before)
+
+
+def bench_front(tmp: pathlib.Path, a) -> dict:
+    src = web_copies(tmp, a.repeat)
+    r = recipe(tmp, "front", "warc", f"{src}/*.warc.gz", ["extract:html_extract", "lang:language_id"] + FILTERS,
+               batch_rows=256)
+    before = load()
+    ours, stats = gristmill(r, tmp / "out-front")
+    theirs = peer(DATATROVE, "front", str(src), str(tmp / "dt-front"), str(tmp / "dt-front-logs"), str(a.tasks))
+    res = report("front", ours, theirs, stats["steps"][0]["docs_in"], ">= 10x", before)
+    busy = sum(s.get("busy_s", 0) for s in stats["steps"])
+    seg = max(s.get("segment_wall_s", 0) for s in stats["steps"])
+    print(f"             steps busy {busy:.1f} s over a {seg:.1f} s segment: {busy / max(seg, 1e-9):.2f} cores busy")
+    return res
+
+
+def bench_workers(tmp: pathlib.Path, a) -> dict:
+    src = web_copies(tmp, a.repeat)
+    r = recipe(tmp, "front", "warc", f"{src}/*.warc.gz", ["extract:html_extract", "lang:language_id"] + FILTERS,
+               batch_rows=256)
+    before = load()
+    one, s1 = gristmill(r, tmp / "out-w1", workers=1)
+    two, s2 = gristmill(r, tmp / "out-w2", workers=2)
+    docs = s1["steps"][0]["docs_in"]
+    for w, st in ((1, s1), (2, s2)):
+        busy = sum(s.get("busy_s", 0) for s in st["steps"])
+        seg = max(s.get("segment_wall_s", 0) for s in st["steps"])
+        print(f"             --workers {w}: steps busy {busy:.1f} s over a {seg:.1f} s segment "
+              f"({busy / max(seg, 1e-9) / w:.0%} of {w} core(s))")
+    print(f"workers      1 worker {one:7.1f} s   2 workers {two:7.1f} s   speed-up {one / two:4.2f}x (target >= 1.8x)"
+          f"   load {before} -> {load()}", flush=True)
+    return {"bench": "workers", "w1_s": round(one, 2), "w2_s": round(two, 2), "docs": docs,
+            "ratio": round(one / two, 3)}
+
+
+BENCHES = {"quickstart": bench_quickstart, "passthrough": bench_passthrough, "filters": bench_filters,
+           "front": bench_front, "workers": bench_workers}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bench", choices=[*BENCHES, "all"])
+    ap.add_argument("--docs", type=int, help="scale-corpus documents (passthrough 200000, filters 12000)")
+    ap.add_argument("--docs-per-shard", type=int, help="scale-corpus rows per file (passthrough 50000, filters 3000)")
+    ap.add_argument("--repeat", type=int, default=4, help="copies of the 990 web pages (front, workers)")
+    ap.add_argument("--tasks", type=int, default=os.cpu_count() or 2, help="datatrove tasks = workers")
+    ap.add_argument("--tmp", default="/tmp/gristmill-bench")
+    ap.add_argument("--json", help="also write the results here")
+    a = ap.parse_args(argv)
+    if not DATA.is_dir():
+        print(f"{DATA} not found: the benchmarks need ../shared/data", file=sys.stderr)
+        return 2
+    tmp = pathlib.Path(a.tmp)
+    tmp.mkdir(parents=True, exist_ok=True)
+    names = list(BENCHES) if a.bench == "all" else [a.bench]
+    results = [BENCHES[n](tmp, a) for n in names]
+    if a.json:
+        pathlib.Path(a.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
