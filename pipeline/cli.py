@@ -68,31 +68,58 @@ def cmd_run(args) -> int:
 
 
 def cmd_ops(args) -> int:
-    from operators.base import load_operators
+    from operators.base import PluginError, load_operators, load_plugin
+    from pipeline.operator_docs import describe_operator, list_operators
 
-    registry = load_operators()
+    registry = dict(load_operators())
+    origin: dict[str, str] = {}  # operator name -> the plugin that registered it
+    plugins = [(p, None) for p in args.plugins or []]
+    if args.recipe:
+        loaded = load_recipe(args.recipe)  # validates the recipe, imports its plugins
+        plugins += [(p, os.path.dirname(os.path.abspath(args.recipe))) for p in loaded.recipe.plugins]
+    for spec, base in plugins:
+        try:
+            module = load_plugin(spec, base)
+        except PluginError as e:
+            print(f"gristmill ops: {e}", file=sys.stderr)
+            return 2
+        for name, cls in load_operators().items():
+            if cls.__module__ == module.__name__ or cls.__module__.startswith(module.__name__ + "."):
+                registry[name], origin[name] = cls, spec
+    if plugins and not origin:
+        print(f"gristmill ops: {', '.join(p for p, _ in plugins)} registered no operator "
+              "(decorate each operator class with @register)", file=sys.stderr)
+        return 2
     if not args.name:
-        for name in sorted(registry):
-            cls = registry[name]
-            print(f"{name:<20} {cls.kind:<7} {cls.describe()}")
+        print(list_operators({n: registry[n] for n in origin} if plugins and not args.all else registry, origin))
         return 0
     cls = registry.get(args.name)
     if cls is None:
         import difflib
 
         close = difflib.get_close_matches(args.name, registry, n=1)
-        print(f"unknown operator {args.name!r}" + (f"; did you mean {close[0]!r}?" if close else ""), file=sys.stderr)
+        print(f"unknown operator {args.name!r}" + (f"; did you mean {close[0]!r}?" if close else
+                                                  "; `gristmill ops` lists them (plugins: --plugins MODULE_OR_PATH)"),
+              file=sys.stderr)
         return 2
-    print(f"{cls.name} ({cls.kind}) — {(cls.__doc__ or '').strip()}")
-    print(f"  needs: {', '.join(sorted(cls.needs)) or '-'}   adds: {', '.join(sorted(cls.adds)) or '-'}")
-    r = cls.resources
-    print(f"  resources: num_cpus={r.num_cpus} num_gpus={r.num_gpus} batch_size={r.batch_size} "
-          f"actor={r.actor}" + (f" concurrency={r.concurrency}" if r.concurrency else ""))
-    print("  params:")
-    for fname, f in cls.Params.model_fields.items():
-        default = "required" if f.is_required() else json.dumps(f.default, default=str)
-        ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
-        print(f"    {fname:<22} {ann:<18} default {default:<10} {f.description or ''}")
+    print(describe_operator(cls))
+    return 0
+
+
+def cmd_new_operator(args) -> int:
+    from pipeline.new_operator import write_skeleton
+
+    try:
+        paths = write_skeleton(args.name, args.dir, args.kind, args.force)
+    except (ValueError, FileExistsError) as e:
+        print(f"gristmill new-operator: {e}", file=sys.stderr)
+        return 2
+    module, test = paths
+    print(f"wrote {module} and {test}\n"
+          f"  test it:   pytest {test}\n"
+          f"  use it:    add `plugins: [{os.path.relpath(module)}]` to a recipe (a path relative to the recipe, "
+          f"or the module name {args.name} when the file sits next to the recipe)\n"
+          f"  see it:    gristmill ops {args.name} --plugins {os.path.relpath(module)}")
     return 0
 
 
@@ -114,9 +141,19 @@ def main(argv: list[str] | None = None) -> int:
                            help="show Ray's own log lines and warnings here instead of in OUTPUT/gristmill.log")
     p = sub.add_parser("ops", help="list operators, or show one operator's parameters")
     p.add_argument("name", nargs="?")
+    p.add_argument("--plugins", action="append", metavar="MODULE_OR_PATH",
+                   help="also import this plugin (a module name or a .py path) and list its operators (repeatable)")
+    p.add_argument("--recipe", help="also import the plugins this recipe lists (paths relative to it)")
+    p.add_argument("--all", action="store_true", help="with --plugins/--recipe: list built-in operators too")
+    p = sub.add_parser("new-operator", help="write an operator skeleton and its test (a plugin module)")
+    p.add_argument("name", help="operator name, also the module name (lowercase, digits, _)")
+    p.add_argument("--kind", choices=("filter", "map", "global"), default="filter")
+    p.add_argument("--dir", default=".", help="folder to write NAME.py and test_NAME.py into (default: here)")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
     args = ap.parse_args(argv)
     try:
-        return {"run": cmd_run, "validate": cmd_validate, "ops": cmd_ops}[args.cmd](args)
+        return {"run": cmd_run, "validate": cmd_validate, "ops": cmd_ops,
+                "new-operator": cmd_new_operator}[args.cmd](args)
     except RecipeError as e:
         print(str(e), file=sys.stderr)
         return 2
