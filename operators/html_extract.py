@@ -15,10 +15,26 @@ Bad input is quarantined, never raised: ``extract:not_html`` (PDF, images, archi
 data, even when labelled text/html), ``extract:undecodable`` (no charset decodes the page),
 ``extract:empty`` (no body / nothing left after extraction), ``extract:error`` (the extractor
 raised).
+
+Guards, so that one pathological page cannot take a worker's time or memory:
+- size: a page over ``max_page_bytes`` (default 16 MB; real pages are well under 5 MB) is
+  quarantined unparsed (``extract:too_large``); pages between ``max_html_bytes`` and it are cut;
+- nesting: a page whose tags nest deeper than ``max_depth`` (default 2000; real pages stay under
+  a few hundred) is quarantined unparsed (``extract:too_deep``): HTML parsers take time quadratic
+  in the depth (20 000 nested <div> take minutes), and that C code cannot be interrupted;
+- time: extraction of one page that runs longer than ``time_limit_s`` (default 30 s) is stopped
+  and the page quarantined (``extract:timeout``). The limit is a SIGALRM timer, so it is checked
+  between Python steps (trafilatura, the block rules), not inside one C call (the size and depth
+  guards bound those), and it works where extraction runs on the process's main thread (Ray
+  tasks, in-process calls); elsewhere only the size and depth guards apply.
 """
 from __future__ import annotations
 
 import logging
+import re
+import signal
+import threading
+from contextlib import contextmanager
 from typing import Literal
 
 import pyarrow as pa
@@ -48,6 +64,58 @@ class HtmlExtractParams(Params):
                                             "go to trafilatura when cascade > 0 (0 = never)")
     max_html_bytes: int = Field(8_000_000, ge=1024, le=1 << 31,
                                 description="pages larger than this are cut to this many bytes before parsing")
+    max_page_bytes: int = Field(16_000_000, ge=1024, le=1 << 31,
+                                description="pages larger than this are quarantined unparsed (extract:too_large)")
+    max_depth: int = Field(2000, ge=10, le=1_000_000,
+                           description="pages whose tags nest deeper are quarantined unparsed (extract:too_deep)")
+    time_limit_s: float = Field(30.0, gt=0, le=3600,
+                                description="extraction of one page running longer is stopped (extract:timeout)")
+
+
+# tags that nest when left open (the parser does not close them on a sibling of the same name)
+_NESTING_TAG = re.compile(r"<(/?)(?:div|span|section|article|main|aside|nav|header|footer|table|ul|ol|"
+                          r"blockquote|font|center|form|b|i|em|strong|small|big|u|q|sub|sup)[\s>/]", re.I)
+
+
+def nesting_depth(html: str, stop_at: int) -> int:
+    """Estimated element depth (opening minus closing tags of the nesting kinds); stops counting at
+    ``stop_at``. A page with fewer than ``stop_at`` tags cannot nest that deep: not scanned."""
+    if html.count("<") < stop_at:
+        return 0
+    depth = best = 0
+    for slash in _NESTING_TAG.findall(html):
+        if slash:
+            depth = depth - 1 if depth else 0
+        else:
+            depth += 1
+            if depth > best:
+                best = depth
+                if best >= stop_at:
+                    break
+    return best
+
+
+class ExtractTimeout(BaseException):
+    """BaseException: extractors' own `except Exception` must not swallow it."""
+
+
+def _raise_timeout(signum, frame):
+    raise ExtractTimeout()
+
+
+@contextmanager
+def time_limit(seconds: float):
+    """Raise ExtractTimeout in the block after ``seconds`` (SIGALRM; main thread only, else no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGALRM, _raise_timeout)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def _extract_one(extractor: str, html: str, fallback_chars: int | None = None) -> tuple[str, str | None, str | None]:
@@ -105,6 +173,7 @@ class HtmlExtract(Operator):
         texts, titles, langs, reasons = [], [], [], []
         ext, cap, min_chars = self.params.extractor, self.params.max_html_bytes, self.params.min_chars
         fallback = self._fallback_chars()
+        max_page, max_depth, limit = self.params.max_page_bytes, self.params.max_depth, self.params.time_limit_s
         for i in range(n):
             raw, text, title, lang, reason = htmls[i], old_text[i], None, None, None
             if already[i]:
@@ -117,13 +186,21 @@ class HtmlExtract(Operator):
                 why = sniff_not_html(raw, ctypes[i])
                 if why:
                     reason = "extract:not_html"
+                elif len(raw) > max_page:
+                    reason = "extract:too_large"
                 else:
                     decoded, _, _ = decode_html(raw[:cap], ctypes[i])
                     if decoded is None:
                         reason = "extract:undecodable"
+                    elif nesting_depth(decoded, max_depth) >= max_depth:
+                        reason = "extract:too_deep"
                     else:
                         try:
-                            text, title, lang = _extract_one(ext, decoded, fallback)
+                            with time_limit(limit):
+                                text, title, lang = _extract_one(ext, decoded, fallback)
+                        except ExtractTimeout:
+                            log.warning("html_extract(%s): row %d took over %ss, quarantined", ext, i, limit)
+                            reason, text = "extract:timeout", None
                         except Exception as e:  # one bad page must not stop the batch
                             log.warning("html_extract(%s) failed on row %d: %r", ext, i, e)
                             reason, text = "extract:error", None

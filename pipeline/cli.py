@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from pipeline.lock import OutputError
 from pipeline.recipe import RecipeError, load_recipe
 
 
@@ -160,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"gristmill: {e}", file=sys.stderr)
         return 2
+    except OutputError as e:  # output dir locked by another run, or not writable
+        print(f"gristmill: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ rejected/read/), never a crash mid-run and never silently lost.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import posixpath
+import re
 from typing import Iterator
 
 import pyarrow as pa
@@ -21,15 +23,42 @@ import pyarrow.parquet as pq
 from operators.base import DROP_REASON, mark_dropped, set_column
 
 JSONL_LIFTED = ("url", "source", "language")  # JSONL fields promoted to columns; the rest go to `meta`
+# Per-document size guard of the readers: a JSONL line (or a Parquet text) longer than this is
+# quarantined (input:too_large); a JSONL line is streamed past, never parsed or buffered whole. WARC records have their own
+# (pipeline.warc.MAX_RECORD) and html_extract a per-page one (max_page_bytes).
+MAX_RECORD_BYTES = 16 << 20
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+log = logging.getLogger("gristmill.io")
 
 
 def open_input(path: str):
-    """A readable binary stream for a local path or URI; .gz / .zst are decompressed."""
+    """A readable binary stream for a local path or URI, decompressed by what the bytes are (gzip,
+    zstd magic numbers), not by what the extension says."""
+    raw = _open_raw(path)
+    head = raw.read(4)
+    comp = _sniff_compression(head)
+    raw.close()
+    raw = _open_raw(path)
+    if comp is None:
+        return raw
+    return pa.CompressedInputStream(raw, comp)
+
+
+def _open_raw(path: str):
     if "://" in path:
         fs, p = pafs.FileSystem.from_uri(path)
     else:
         fs, p = pafs.LocalFileSystem(), os.path.abspath(path)
-    return fs.open_input_stream(p, compression="detect")
+    return fs.open_input_stream(p, compression=None)
+
+
+def _sniff_compression(head: bytes) -> str | None:
+    if head[:2] == GZIP_MAGIC:
+        return "gzip"
+    if head[:4] == ZSTD_MAGIC:
+        return "zstd"
+    return None
 
 
 def file_keys(files: list[str]) -> list[str]:
@@ -40,10 +69,18 @@ def file_keys(files: list[str]) -> list[str]:
     return [posixpath.relpath(f.split("://")[-1], common) for f in files]
 
 
-def peek_columns(path: str, fmt: str) -> set[str]:
-    """Columns the reader will produce for this file (before renaming), for recipe validation."""
+def peek_columns(path: str, fmt: str, text_col: str | None = None) -> set[str] | None:
+    """Columns the reader will produce for this file (before renaming), for recipe validation;
+    None for a file with no record at all (0 bytes, blank lines only): it reads as zero rows.
+    A Parquet ``text_col`` that is not a string column is an error (a config mistake)."""
+    if "://" not in path and os.path.getsize(path) == 0:
+        return None
     if fmt == "parquet":
-        return set(pq.read_schema(path).names)
+        schema = pq.read_schema(path)
+        if text_col in schema.names and not _is_string(schema.field(text_col).type):
+            raise ValueError(f"column {text_col!r} is {schema.field(text_col).type}, not text; "
+                             "set input.text_column to the column holding the documents")
+        return set(schema.names)
     with open_input(path) as f:
         for line in _lines(f):
             if line.strip():
@@ -51,25 +88,162 @@ def peek_columns(path: str, fmt: str) -> set[str]:
                 if not isinstance(rec, dict):
                     raise ValueError("first line is not a JSON object")
                 return set(rec)
-    raise ValueError("file is empty")
+    return None
 
 
 def _lines(stream) -> Iterator[bytes]:
-    buf = b""
+    """Lines of a decompressed stream (no size guard: for validation peeks)."""
+    rest = b""
     while True:
         chunk = stream.read(1 << 20)
         if not chunk:
             break
-        buf += chunk
-        *lines, buf = buf.split(b"\n")
-        yield from lines
-    if buf:
-        yield buf
+        pieces = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
+        rest = pieces.pop()
+        yield from pieces
+    if rest:
+        yield rest
+
+
+# -- decompression with byte offsets (JSONL) ------------------------------------------------------
+class _Damage:
+    """A stretch of a compressed file that cannot be read: (kind, compressed byte offset, detail)."""
+
+    __slots__ = ("kind", "offset", "detail")
+
+    def __init__(self, kind: str, offset: int, detail: str):
+        self.kind, self.offset, self.detail = kind, offset, detail
+
+
+def _decompressed(path: str) -> Iterator[bytes | _Damage]:
+    """Decompressed chunks of a file; compression from the magic bytes (an extension that lies
+    does not matter). gzip: every member in turn (concatenated members are one stream), a corrupt
+    member is reported and reading resumes at the next member, a truncated last member is
+    reported after what it held. zstd: every frame in turn; a truncated or corrupt frame is
+    reported and ends the file (zstd has no resynchronisation point)."""
+    from pipeline.warc import _Source, _StreamError
+
+    raw = _open_raw(path)
+    try:
+        head = raw.read(4) or b""
+        comp = _sniff_compression(head)
+        if comp == "zstd":
+            yield from _zstd_chunks(raw, head)
+            return
+        src = _Source(_Prepend(head, raw))
+        while True:
+            try:
+                data = src.read()
+            except _StreamError as e:
+                yield _Damage(e.kind, e.offset, e.detail)
+                continue
+            if data is None:
+                return
+            if data:
+                yield data
+    finally:
+        raw.close()
+
+
+class _Prepend:
+    """A stream with bytes already read put back in front."""
+
+    def __init__(self, head: bytes, raw):
+        self.head, self.raw = head, raw
+
+    def read(self, n: int) -> bytes:
+        if self.head:
+            out, self.head = self.head, b""
+            return out + (self.raw.read(n - len(out)) if n > len(out) else b"")
+        return self.raw.read(n)
+
+
+def _zstd_chunks(raw, head: bytes) -> Iterator[bytes | _Damage]:
+    import zstandard
+
+    pending, comp_off, frame_start = head, 0, 0
+    d = None
+    while True:
+        if not pending:
+            pending = raw.read(1 << 20) or b""
+            if not pending:
+                if d is not None:
+                    yield _Damage("truncated_zstd", frame_start, "zstd frame ends early")
+                return
+        if d is None:
+            if not pending.strip(b"\x00"):
+                pending = b""
+                continue
+            frame_start = comp_off
+            d = zstandard.ZstdDecompressor().decompressobj()
+        try:
+            out = d.decompress(pending)
+        except zstandard.ZstdError as e:
+            yield _Damage("corrupt_zstd", frame_start, str(e))
+            return
+        if d.eof:
+            rest = d.unused_data
+            d = None
+        else:
+            rest = b""
+        comp_off += len(pending) - len(rest)
+        pending = rest
+        if out:
+            yield out
+
+
+def _line_events(chunks: Iterator[bytes | _Damage], max_bytes: int) -> Iterator[tuple]:
+    """("line", lineno, bytes) | ("too_large", lineno, nbytes) | ("damage", lineno, _Damage).
+    A line longer than ``max_bytes`` is streamed past without being buffered whole."""
+    parts: list[bytes] = []
+    plen = 0
+    skipped = -1  # >= 0: inside an over-long line, this many bytes so far
+    lineno = 0
+    for chunk in chunks:
+        if isinstance(chunk, _Damage):
+            # the partial line before the damage is part of the damaged stretch
+            parts, plen, skipped = [], 0, -1
+            lineno += 1
+            yield ("damage", lineno, chunk)
+            continue
+        pieces = chunk.split(b"\n")
+        for i, piece in enumerate(pieces):
+            last = i == len(pieces) - 1
+            if skipped >= 0:
+                skipped += len(piece)
+                if not last:
+                    lineno += 1
+                    yield ("too_large", lineno, skipped)
+                    skipped = -1
+                continue
+            if last:
+                if piece:
+                    parts.append(piece)
+                    plen += len(piece)
+                    if plen > max_bytes:
+                        skipped, parts, plen = plen, [], 0
+                continue
+            lineno += 1
+            if parts:
+                parts.append(piece)
+                piece = b"".join(parts)
+                parts, plen = [], 0
+            if len(piece) > max_bytes:
+                yield ("too_large", lineno, len(piece))
+            else:
+                yield ("line", lineno, piece)
+    if skipped >= 0:
+        yield ("too_large", lineno + 1, skipped)
+    elif parts:
+        yield ("line", lineno + 1, b"".join(parts))
 
 
 # -- per-format batch readers -------------------------------------------------------------
-def _finish(table: pa.Table, key: str, first_row: int, id_col: str, text_col: str) -> pa.Table:
-    """Rename to id/text, generate missing ids, make sure drop_reason exists."""
+def _finish(table: pa.Table, key: str, first_row: int, id_col: str, text_col: str,
+            seen_ids: set | None = None) -> pa.Table:
+    """Rename to id/text, generate missing ids, make sure drop_reason exists; quarantine rows
+    whose text is missing, not a string, whitespace only or holds NUL bytes, and repeated ids
+    (``seen_ids``: the ids given so far in this file; the first occurrence wins)."""
     names = table.column_names
     if text_col != "text" and text_col in names:
         if "text" in names:
@@ -81,72 +255,198 @@ def _finish(table: pa.Table, key: str, first_row: int, id_col: str, text_col: st
         table = table.rename_columns(["id" if c == id_col else c for c in table.column_names])
     n = table.num_rows
     gen = pa.array([f"{key}:{first_row + i}" for i in range(n)], pa.string())
-    ids = pc.cast(table.column("id"), pa.string()) if "id" in table.column_names else pa.nulls(n, pa.string())
+    given = "id" in table.column_names
+    ids = pc.cast(table.column("id"), pa.string()) if given else pa.nulls(n, pa.string())
     table = set_column(table, "id", pc.coalesce(ids, gen))  # missing or null ids get generated ones
     if "text" not in table.column_names:
         table = set_column(table, "text", pa.nulls(n, pa.string()))
-    table = set_column(table, "text", pc.cast(table.column("text"), pa.string()))
+    text = table.column("text")
+    if not _is_string(text.type):
+        # a text column of numbers, lists, ...: not documents. Keep the values (as strings) for
+        # inspection in rejected/read/ and quarantine every row.
+        table = mark_dropped(table, pc.is_valid(text),
+                             f"input:text_not_string ({text.type} column {text_col!r}) in {key}")
+        text = pa.array([None if v is None else json.dumps(v, default=str) for v in text.to_pylist()], pa.string())
+    table = set_column(table, "text", pc.cast(text, pa.string()))
     table = mark_dropped(table, pc.is_null(table.column("text")), "input:missing_text")
+    text = table.column("text")
+    table = _mark_rows(table, pc.greater(pc.binary_length(text), MAX_RECORD_BYTES), "too_large", key, first_row)
+    table = _mark_rows(table, pc.match_substring(text, "\x00"), "nul_byte", key, first_row)
+    table = _mark_rows(table, pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), "empty_text",
+                       key, first_row)
+    if given and seen_ids is not None:
+        dup = []
+        for i, v in enumerate(ids.to_pylist()):
+            if v is None:
+                dup.append(False)
+            elif v in seen_ids:
+                dup.append(True)
+            else:
+                seen_ids.add(v)
+                dup.append(False)
+        if any(dup):
+            table = _mark_rows(table, pa.array(dup, pa.bool_()), "duplicate_id", key, first_row)
     cols = ["id", "text"] + [c for c in table.column_names if c not in ("id", "text")]
     return table.select(cols)
 
 
+def _is_string(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t) or (
+        hasattr(pa.types, "is_string_view") and pa.types.is_string_view(t))
+
+
+def _mark_rows(table: pa.Table, mask, reason: str, key: str, first_row: int) -> pa.Table:
+    """Quarantine rows where ``mask`` is true, naming the row: "input:<reason> at row N of <key>"."""
+    mask = pc.fill_null(mask, False)
+    hit = pc.indices_nonzero(mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask).to_pylist()
+    if not hit:
+        return table
+    reasons = [None] * table.num_rows
+    for i in hit:
+        reasons[i] = f"input:{reason} at row {first_row + i} of {key}"
+    return mark_dropped(table, mask, pa.array(reasons, pa.string()))
+
+
+def _quarantined_file(key: str, reason: str) -> pa.Table:
+    """One row standing for a file (or a part of one) that cannot be read at all."""
+    return pa.table({"id": [f"{key}#unreadable"], "text": pa.nulls(1, pa.string()), DROP_REASON: [reason]})
+
+
 def read_parquet_batches(path: str, key: str, batch_rows: int, id_col: str, text_col: str) -> Iterator[pa.Table]:
-    if "://" in path:
-        fs, p = pafs.FileSystem.from_uri(path)
-        pf = pq.ParquetFile(fs.open_input_file(p))
-    else:
-        pf = pq.ParquetFile(path)
+    """Row group by row group: a row group that cannot be decoded is quarantined as one row naming
+    it, the others are kept. A file whose footer is unreadable is one quarantined row."""
+    try:
+        if "://" in path:
+            fs, p = pafs.FileSystem.from_uri(path)
+            pf = pq.ParquetFile(fs.open_input_file(p))
+        elif os.path.getsize(path) == 0:
+            return  # a 0-byte file: zero rows (nothing to lose)
+        else:
+            pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        log.error("%s: unreadable Parquet file: %s", key, e)
+        yield _quarantined_file(key, f"input:corrupt_parquet {key}: {str(e)[:120]}")
+        return
     if text_col not in pf.schema_arrow.names:
         raise ValueError(f"{path}: no {text_col!r} column (it has {', '.join(pf.schema_arrow.names)}); "
                          "set input.text_column")
     row = 0
-    for rb in pf.iter_batches(batch_size=batch_rows):
-        t = pa.Table.from_batches([rb])
-        yield _finish(t, key, row, id_col, text_col)
-        row += t.num_rows
+    seen: set = set()
+    for g in range(pf.metadata.num_row_groups):
+        group_rows = pf.metadata.row_group(g).num_rows
+        try:
+            for rb in pf.iter_batches(batch_size=batch_rows, row_groups=[g]):
+                t = pa.Table.from_batches([rb])
+                yield _finish(t, key, row, id_col, text_col, seen)
+                row += t.num_rows
+        except (pa.ArrowException, OSError) as e:
+            log.error("%s: row group %d unreadable: %s", key, g, e)
+            yield _quarantined_file(f"{key}:rg{g}", f"input:corrupt_parquet row group {g} of {key} "
+                                                    f"({group_rows} rows): {str(e)[:120]}")
+            row = sum(pf.metadata.row_group(i).num_rows for i in range(g + 1))
 
 
-def read_jsonl_batches(path: str, key: str, batch_rows: int, id_col: str, text_col: str) -> Iterator[pa.Table]:
-    """JSON Lines: `text` and `id` plus url/source/language as columns, every other field kept
-    as JSON in `meta`. A line that is not a JSON object is quarantined with its line number."""
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+def _clean_str(s: str) -> tuple[str, bool]:
+    """(s with lone surrogates replaced by U+FFFD, whether there were any)."""
+    try:
+        s.encode("utf-8")
+        return s, False
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogatepass").decode("utf-8", "replace"), True
+
+
+def read_jsonl_batches(path: str, key: str, batch_rows: int, id_col: str, text_col: str,
+                       max_record_bytes: int | None = None) -> Iterator[pa.Table]:
+    """JSON Lines (plain, gzip with any number of members, zstd; a BOM and CRLF line ends are
+    fine): `text` and `id`, url/source/language as columns when the file has them, every other
+    field kept as JSON in `meta` (only when there are any). Quarantined, with the line number:
+    a line that is not a JSON object (invalid_json), not UTF-8 (invalid_utf8), with a lone
+    surrogate (lone_surrogate), a text that is not a string (text_not_string), whitespace only
+    (empty_text) or holds NUL (nul_byte), an id seen before in the file (duplicate_id), a line
+    over ``max_record_bytes`` (too_large), and damaged compressed data (truncated_gzip, ... with
+    the byte offset)."""
+    max_bytes = MAX_RECORD_BYTES if max_record_bytes is None else max_record_bytes
     rows: list[dict] = []
     first = 0
-    with open_input(path) as f:
-        for lineno, line in enumerate(_lines(f)):
-            if not line.strip():
+    seen_ids: dict[str, int] = {}
+    lifted_seen: set[str] = set()
+    for ev, lineno, payload in _line_events(_decompressed(path), max_bytes):
+        where = f"line {lineno} of {key}"
+        rec: dict = {}
+        bad = None
+        if ev == "damage":
+            bad = f"input:{payload.kind} at byte {payload.offset} of {key} (line {lineno}): {payload.detail[:80]}"
+            log.error("%s", bad)
+        elif ev == "too_large":
+            bad = f"input:too_large ({payload} bytes > {max_bytes}) at {where}"
+        else:
+            if lineno == 1 and payload.startswith(b"\xef\xbb\xbf"):
+                payload = payload[3:]
+            if not payload.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = json.loads(payload)
                 if not isinstance(rec, dict):
-                    raise ValueError("not a JSON object")
-                bad = None
+                    raise ValueError(f"not a JSON object but {type(rec).__name__}")
+            except UnicodeDecodeError as e:
+                rec, bad = {}, f"input:invalid_utf8 at {where}: byte {e.start}"
             except ValueError as e:
-                rec, bad = {}, f"input:invalid_json at line {lineno + 1} of {key}: {str(e)[:80]}"
-            text = rec.pop(text_col, None)
-            rid = rec.pop(id_col, None)
-            row = {"id": None if rid is None else str(rid),
-                   "text": text if isinstance(text, str) or text is None else json.dumps(text),
-                   DROP_REASON: bad}
-            for k in JSONL_LIFTED:
-                v = rec.pop(k, None)
-                row[k] = None if v is None else str(v)
-            row["meta"] = json.dumps(rec, ensure_ascii=False, sort_keys=True) if rec else None
-            rows.append(row)
-            if len(rows) >= batch_rows:
-                yield _jsonl_table(rows, key, first)
-                first += len(rows)
-                rows = []
+                rec, bad = {}, f"input:invalid_json at {where}: {str(e)[:80]}"
+        text = rec.pop(text_col, None)
+        rid = rec.pop(id_col, None)
+        if not isinstance(text, str) and text is not None:
+            bad = bad or f"input:text_not_string ({type(text).__name__}) at {where}"
+            text = json.dumps(text)
+        row = {"id": None if rid is None else str(rid), "text": text}
+        for k in JSONL_LIFTED:
+            v = rec.pop(k, None)
+            if v is not None:
+                lifted_seen.add(k)
+                row[k] = v if isinstance(v, str) else json.dumps(v)
+        if rec:
+            row["meta"] = json.dumps(rec, ensure_ascii=False, sort_keys=True)
+            lifted_seen.add("meta")
+        if ev == "line" and _SURROGATE_ESCAPE.search(payload):
+            dirty = False
+            for k, v in row.items():
+                if isinstance(v, str):
+                    row[k], d = _clean_str(v)
+                    dirty |= d
+            if dirty:
+                bad = bad or f"input:lone_surrogate at {where}"
+        if bad is None and text is not None:
+            if "\x00" in text:
+                bad = f"input:nul_byte at {where}"
+            elif not text.strip():
+                bad = f"input:empty_text at {where}"
+        if bad is None and row["id"] is not None:
+            was = seen_ids.get(row["id"])
+            if was is not None:
+                bad = f"input:duplicate_id {row['id'][:80]!r} at {where} (first at line {was})"
+            else:
+                seen_ids[row["id"]] = lineno
+        row[DROP_REASON] = bad
+        rows.append(row)
+        if len(rows) >= batch_rows:
+            yield _jsonl_table(rows, key, first, lifted_seen)
+            first += len(rows)
+            rows = []
     if rows:
-        yield _jsonl_table(rows, key, first)
+        yield _jsonl_table(rows, key, first, lifted_seen)
 
 
-_JSONL_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), (DROP_REASON, pa.string())]
-                          + [(k, pa.string()) for k in JSONL_LIFTED] + [("meta", pa.string())])
-
-
-def _jsonl_table(rows: list[dict], key: str, first: int) -> pa.Table:
-    t = pa.Table.from_pylist(rows, schema=_JSONL_SCHEMA)
+def _jsonl_table(rows: list[dict], key: str, first: int, lifted_seen: set[str]) -> pa.Table:
+    """Columns: id, text, drop_reason, then url/source/language/meta only if the file has had
+    them so far (a reader does not invent all-null columns the input did not have)."""
+    extra = [k for k in (*JSONL_LIFTED, "meta") if k in lifted_seen]
+    schema = pa.schema([("id", pa.string()), ("text", pa.string()), (DROP_REASON, pa.string())]
+                       + [(k, pa.string()) for k in extra])
+    t = pa.Table.from_pylist(rows, schema=schema)
     return _finish(t, key, first, "id", "text")
 
 

@@ -336,9 +336,18 @@ def _frame(src: _Source, max_record: int = MAX_RECORD) -> Iterator[tuple]:
             reset_after_error()
             continue
         if not ok:
-            yield ("bad", start_off, "truncated_record",
-                   f"Content-Length {clen} but only {len(buf) - body} bytes before the end of the file", headers)
-            pos = len(buf)
+            # an overrunning Content-Length reaches the end of the file: if another record starts
+            # inside what it claimed, it is a length mismatch and that record is read normally
+            m = None if too_big else _WARC_LINE.search(buf, body)
+            if m:
+                yield ("bad", start_off, "content_length_mismatch",
+                       f"Content-Length {clen} runs past the next record", headers)
+                pos = m.start(1)
+            else:
+                yield ("bad", start_off, "truncated_record",
+                       f"Content-Length {clen} but only {len(buf) - body} bytes before the end of the file",
+                       headers)
+                pos = len(buf)
             continue
         # the block must be followed by separators and the next record (or the end)
         err = None
