@@ -171,3 +171,42 @@ def test_step_resources_override_is_validated(tmp_path, corpus):
     bad = write(tmp_path, corpus, "- {id: pick, op: sample, resources: {num_gpu: 1}}\n")
     msg = problems(bad)
     assert "step 'pick'" in msg and "resources.num_gpu" in msg and "num_gpus" in msg
+
+
+# -- messages point at the key at fault (issue 20) -------------------------------------------------
+def test_empty_glob_points_at_the_paths_line(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(f"name: e\ninput:\n  format: jsonl\n  text_column: body\n  paths:\n    - {tmp_path}/none/*.jsonl\n"
+                 f"output: {tmp_path}/o\nsteps: [{{id: a, op: sample}}]\n")
+    msg = problems(str(p))
+    assert msg.startswith(f"{p}:6: input.paths: no files match {tmp_path}/none/*.jsonl (working directory ")
+
+
+def test_missing_text_column_points_at_the_text_column_line(tmp_path):
+    (tmp_path / "x.jsonl").write_text('{"body": "some text"}\n')
+    p = tmp_path / "r.yaml"
+    p.write_text(f"name: e\ninput:\n  format: jsonl\n  paths: ['{tmp_path}/x.jsonl']\n  text_column: content\n"
+                 f"output: {tmp_path}/o\nsteps: [{{id: a, op: sample}}]\n")
+    msg = problems(str(p))
+    assert msg.startswith(f"{p}:5: input.text_column: {tmp_path}/x.jsonl has no 'content' column (it has: ")
+    assert "body" in msg and "set input.text_column to the column holding the text" in msg
+
+
+def test_set_paths_use_step_ids_and_suggest_the_closest_key(tmp_path, corpus):
+    p = write(tmp_path, corpus, "- {id: length, op: length_filter}\n- {id: pick, op: sample}\n")
+    msg = problems(p, ["steps.pick.param.fraction=0.2"])
+    assert msg == f"{p}:6: step 'pick': steps.pick.param (from --set): unknown key. Did you mean 'params'?"
+    assert "steps.1" not in msg  # no internal index
+    msg = problems(p, ["steps.pick.params.fractoin=0.2"])
+    assert msg == (f"{p}:6: step 'pick': fractoin=0.2 (from --set): unknown key; sample takes: fraction, seed. "
+                   "Did you mean 'fraction'?")
+    assert problems(p, ["inptu.format=jsonl"]).endswith(": inptu (from --set): unknown key. Did you mean 'input'?")
+
+
+def test_line_numbers_are_one_based(tmp_path, corpus):
+    bad_yaml = tmp_path / "y.yaml"
+    bad_yaml.write_text("name: y\nsteps:\n  - {id: a, op: sample\n")  # unclosed flow mapping on line 3
+    assert problems(str(bad_yaml)).startswith(f"{bad_yaml}:4: not valid YAML")  # where the parser gave up
+    p = tmp_path / "first.yaml"
+    p.write_text("nmae: x\n")  # the key at fault is on the first line
+    assert f"{p}:1: nmae: unknown key. Did you mean 'name'?" in problems(str(p))
