@@ -314,9 +314,24 @@ def _quarantined_file(key: str, reason: str) -> pa.Table:
     return pa.table({"id": [f"{key}#unreadable"], "text": pa.nulls(1, pa.string()), DROP_REASON: [reason]})
 
 
-def read_parquet_batches(path: str, key: str, batch_rows: int, id_col: str, text_col: str) -> Iterator[pa.Table]:
-    """Row group by row group: a row group that cannot be decoded is quarantined as one row naming
-    it, the others are kept. A file whose footer is unreadable is one quarantined row."""
+def parquet_row_group_rows(path: str) -> list[int] | None:
+    """Rows per row group, or None for a file whose footer cannot be read (or 0 bytes): such a
+    file is read whole by read_parquet_batches, which quarantines it."""
+    try:
+        if "://" not in path and os.path.getsize(path) == 0:
+            return None
+        md = _parquet_file(path).metadata
+        return [md.row_group(g).num_rows for g in range(md.num_row_groups)]
+    except (pa.ArrowException, OSError):
+        return None
+
+
+def read_parquet_batches(path: str, key: str, batch_rows: int, id_col: str, text_col: str,
+                         row_groups: list[int] | None = None, first_row: int = 0) -> Iterator[pa.Table]:
+    """Row group by row group (all, or ``row_groups``, whose first row is ``first_row``): a row
+    group that cannot be decoded is quarantined as one row naming it, the others are kept. A file
+    whose footer is unreadable is one quarantined row. Repeated ids are quarantined within what
+    one call reads."""
     try:
         if "://" in path:
             fs, p = pafs.FileSystem.from_uri(path)
@@ -332,10 +347,11 @@ def read_parquet_batches(path: str, key: str, batch_rows: int, id_col: str, text
     if text_col not in pf.schema_arrow.names:
         raise ValueError(f"{path}: no {text_col!r} column (it has {', '.join(pf.schema_arrow.names)}); "
                          "set input.text_column")
-    row = 0
+    row = first_row
     seen: set = set()
-    for g in range(pf.metadata.num_row_groups):
+    for g in range(pf.metadata.num_row_groups) if row_groups is None else row_groups:
         group_rows = pf.metadata.row_group(g).num_rows
+        end = row + group_rows
         try:
             for rb in pf.iter_batches(batch_size=batch_rows, row_groups=[g]):
                 t = pa.Table.from_batches([rb])
@@ -345,7 +361,7 @@ def read_parquet_batches(path: str, key: str, batch_rows: int, id_col: str, text
             log.error("%s: row group %d unreadable: %s", key, g, e)
             yield _quarantined_file(f"{key}:rg{g}", f"input:corrupt_parquet row group {g} of {key} "
                                                     f"({group_rows} rows): {str(e)[:120]}")
-            row = sum(pf.metadata.row_group(i).num_rows for i in range(g + 1))
+        row = end
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
@@ -492,13 +508,13 @@ def input_units(spec, files: list[str]) -> list[tuple]:
     (path, key, row_groups, first_row); ids generated from it equal whole-file reading."""
     units = []
     for path, key in zip(files, file_keys(files)):
-        if spec.format == "parquet":
-            meta = _parquet_file(path).metadata
+        groups = parquet_row_group_rows(path) if spec.format == "parquet" else None
+        if groups is not None:
             first = 0
-            for rg in range(meta.num_row_groups):
+            for rg, n in enumerate(groups):
                 units.append((path, key, [rg], first))
-                first += meta.row_group(rg).num_rows
-            if meta.num_row_groups == 0:
+                first += n
+            if not groups:
                 units.append((path, key, [], 0))
         else:
             units.append((path, key, None, 0))
@@ -518,15 +534,8 @@ def read_unit(spec, unit: tuple) -> Iterator[pa.Table]:
     if row_groups is None:
         yield from read_file_batches(path, key, spec.format, spec.batch_rows, spec.id_column, spec.text_column)
         return
-    pf = _parquet_file(path)
-    if spec.text_column not in pf.schema_arrow.names:
-        raise ValueError(f"{path}: no {spec.text_column!r} column (it has {', '.join(pf.schema_arrow.names)}); "
-                         "set input.text_column")
-    row = first
-    for rb in pf.iter_batches(batch_size=spec.batch_rows, row_groups=row_groups):
-        t = pa.Table.from_batches([rb])
-        yield _finish(t, key, row, spec.id_column, spec.text_column)
-        row += t.num_rows
+    # damaged row groups are quarantined there (issue 25)
+    yield from read_parquet_batches(path, key, spec.batch_rows, spec.id_column, spec.text_column, row_groups, first)
 
 
 # -- deterministic output ------------------------------------------------------------------

@@ -419,3 +419,21 @@ def test_run_over_bad_files_keeps_every_good_record_and_accounts_for_the_rest(ra
     kinds = sorted(r.split(" ")[0] for r in rejected)
     assert kinds == ["input:duplicate_id", "input:empty_text", "input:invalid_json", "input:lone_surrogate",
                      "input:text_not_string", "input:truncated_gzip"]
+
+
+def test_engine_units_of_damaged_parquet_are_quarantined(tmp_path):
+    """The engine splits Parquet by row group (pipeline.io.input_units / read_unit): a file with an
+    unreadable footer becomes one whole-file unit that quarantines it, instead of failing the driver."""
+    from pipeline.io import input_units, read_unit
+    from pipeline.recipe import InputSpec
+
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["x y", "z w"]}), tmp_path / "ok.parquet", row_group_size=1)
+    (tmp_path / "cut.parquet").write_bytes((tmp_path / "ok.parquet").read_bytes()[:-20])
+    (tmp_path / "zero.parquet").write_bytes(b"")
+    spec = InputSpec(format="parquet", paths=[str(tmp_path / "*.parquet")])
+    files = [str(tmp_path / n) for n in ("cut.parquet", "ok.parquet", "zero.parquet")]
+    units = input_units(spec, files)
+    assert [(u[1], u[2]) for u in units] == [("cut.parquet", None), ("ok.parquet", [0]), ("ok.parquet", [1]),
+                                             ("zero.parquet", None)]
+    rows = [r for u in units for t in read_unit(spec, u) for r in t.to_pylist()]
+    assert kept(rows) == ["a", "b"] and [r.split(":")[1] for r in reasons(rows)] == ["corrupt_parquet cut.parquet"]
