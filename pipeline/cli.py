@@ -27,6 +27,9 @@ def cmd_run(args) -> int:
 
     loaded = _load(args)
     out = args.output or loaded.recipe.output
+    from pipeline.whatif import save_run_recipe
+
+    save_run_recipe(loaded, out)  # the thresholds as run (overrides applied): read by report / what-if
     t0 = time.perf_counter()
     terminal = None
     if not args.verbose and "://" not in out:  # Ray's own lines and warnings go to a log file
@@ -124,6 +127,41 @@ def cmd_new_operator(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from pipeline.report import write_report
+
+    t0 = time.perf_counter()
+    path = write_report(args.out, args.output)
+    print(f"[gristmill] report {path} ({os.path.getsize(path) / 2**20:.1f} MB, {time.perf_counter() - t0:.1f}s)")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open("file://" + os.path.abspath(path))
+    return 0
+
+
+def cmd_what_if(args) -> int:
+    from pipeline.whatif import format_what_if, what_if
+
+    if not args.set:
+        print("gristmill what-if: give at least one --set steps.<id>.params.<name>=<value>", file=sys.stderr)
+        return 2
+    result = what_if(args.out, args.set)
+    print(format_what_if(result))
+    return 0
+
+
+def add_report_commands(sub) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML file with the run's plots (works offline)")
+    p.add_argument("out", help="the output dir of a finished run")
+    p.add_argument("--output", help="HTML file to write (default: OUT/report.html)")
+    p.add_argument("--open", action="store_true", help="open it in the default browser")
+    p = sub.add_parser("what-if", help="what a run would keep with other thresholds, from its recorded scores (no rerun)")
+    p.add_argument("out", help="the output dir of a finished run")
+    p.add_argument("--set", action="append", metavar="steps.ID.params.NAME=VALUE",
+                   help="a changed threshold (repeatable)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="gristmill", description="LLM pre-training data curation on Ray")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -151,10 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kind", choices=("filter", "map", "global"), default="filter")
     p.add_argument("--dir", default=".", help="folder to write NAME.py and test_NAME.py into (default: here)")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
+    add_report_commands(sub)
     args = ap.parse_args(argv)
     try:
         return {"run": cmd_run, "validate": cmd_validate, "ops": cmd_ops,
-                "new-operator": cmd_new_operator}[args.cmd](args)
+                "new-operator": cmd_new_operator, "report": cmd_report, "what-if": cmd_what_if}[args.cmd](args)
     except RecipeError as e:
         print(str(e), file=sys.stderr)
         return 2
