@@ -233,3 +233,38 @@ def test_new_global_operator_skeleton_runs_on_ray(tmp_path, ray_session):
     generated_test = load_plugin(str(tmp_path / "test_mean_cut.py"))
     generated_test.test_params_reject_unknown_keys()
     generated_test.test_run_on_ray_marks_short_rows()
+
+
+def test_register_checks_the_contract_with_a_fix():
+    from operators.base import Operator, Params, load_operators, register
+
+    load_operators()
+
+    class P(Params):
+        x: int = 1
+
+    class Taken(Operator):
+        name, kind, Params = "length_filter", "filter", P
+
+        def process(self, batch):
+            return batch
+
+    with pytest.raises(TypeError) as e:
+        register(Taken)
+    assert "operator name 'length_filter' of" in str(e.value)
+    assert "is taken by operators.length_filter.LengthFilter; choose another name" in str(e.value)
+
+    class NoProcess(Operator):
+        name, kind, Params = "no_process_op", "filter", P
+
+    with pytest.raises(TypeError, match=r"is a filter operator: it must implement process\(self, batch: pa.Table\)"):
+        register(NoProcess)
+
+    class NeedsString(Operator):
+        name, kind, Params, needs = "needs_string_op", "map", P, "text"
+
+        def process(self, batch):
+            return batch
+
+    with pytest.raises(TypeError, match=r"needs must be a set of column names, e.g. \{'text'\}, not 'text'"):
+        register(NeedsString)
