@@ -40,7 +40,7 @@ class InputSpec(BaseModel):
     paths: list[str] = Field(min_length=1, description="files or globs; local paths or s3://, gs://")
     text_column: str = Field("text", description="input column holding the document text")
     id_column: str = Field("id", description="input column holding a unique id (generated if absent)")
-    batch_rows: int = Field(1024, ge=1, description="rows per batch produced by the reader")
+    batch_rows: int = Field(1024, ge=1, le=10_000_000, description="rows per batch produced by the reader")
     generate: Literal["quickstart-sample"] | None = Field(
         None, description="build this built-in sample corpus at the first path when nothing matches")
 
@@ -80,11 +80,11 @@ class Recipe(BaseModel):
     input: InputSpec
     output: str
     steps: list[StepSpec] = Field(min_length=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)
     plugins: list[str] = Field(default_factory=list,
                                description="extra operator modules to import: module names, or paths to .py files "
                                            "relative to the recipe's folder")
-    shard_bytes: int = Field(128 * 2**20, ge=1024, description="target size of output Parquet shards")
+    shard_bytes: int = Field(128 * 2**20, ge=1024, le=2**40, description="target size of output Parquet shards")
 
 
 @dataclass
@@ -127,7 +127,22 @@ class RecipeError(Exception):
 
     def __init__(self, problems: list[str]):
         self.problems = problems
-        super().__init__("\n".join(problems))
+        shown = problems if len(problems) <= 50 else problems[:50] + [f"... and {len(problems) - 50} more"]
+        super().__init__("\n".join(shown))
+
+
+def _value_count(node, budget: int) -> int:
+    """Values in a parsed YAML document, an alias counted at every use; stops past ``budget``
+    (anchors and aliases can make a few lines stand for billions of values)."""
+    count, todo = 0, [node]
+    while todo and count <= budget:
+        n = todo.pop()
+        count += 1
+        if isinstance(n, dict):
+            todo.extend(n.values())
+        elif isinstance(n, list):
+            todo.extend(n)
+    return count
 
 
 # -- line numbers: compose the YAML node tree (SafeLoader: no objects are constructed) ----
@@ -166,11 +181,21 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         node: Any = raw
         for depth, part in enumerate(parts):
             last = depth == len(parts) - 1
-            if isinstance(node, list):
+            if isinstance(node, list) and parts[:depth] != ["steps"]:  # another list: by index
+                where = ".".join(parts[:depth])
+                if not part.isdigit() or int(part) >= len(node):
+                    raise RecipeError([f"--set {key}: {where} is a list of {len(node)}; use an index "
+                                       f"0..{len(node) - 1}, or set {where}=[...] whole"])
+                if last:
+                    node[int(part)] = yaml.safe_load(value)
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, list):
                 match = [s for s in node if isinstance(s, dict) and s.get("id") == part]
                 if not match:
-                    ids = [s.get("id") for s in node if isinstance(s, dict)]
-                    raise RecipeError([f"--set {key}: no step with id {part!r} (steps: {', '.join(map(str, ids))})"])
+                    ids = [str(s.get("id")) for s in node if isinstance(s, dict)]
+                    raise RecipeError([f"--set {key}: no step with id {part!r}.{_closest(part, ids)} "
+                                       f"Steps: {', '.join(ids)} (steps are named by id, not by position)"])
                 if last:
                     raise RecipeError([f"--set {key}: cannot replace a whole step"])
                 node = match[0]
@@ -212,16 +237,26 @@ def _expected(err: dict) -> str:
 
 def load_recipe(path: str, overrides: list[str] = (), check_inputs: bool = True) -> LoadedRecipe:
     """Read, override, validate. Raises RecipeError listing every problem found."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise RecipeError([f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); "
+                           "save the recipe as UTF-8"]) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         raise RecipeError([f"{path}{line}: not valid YAML: {getattr(e, 'problem', e)}"]) from None
+    except RecursionError:
+        raise RecipeError([f"{path}: not a recipe: YAML nested too deeply"]) from None
     if not isinstance(raw, dict):
         raise RecipeError([f"{path}:1: a recipe is a mapping with name, input, output and steps"])
+    if _value_count(raw, 100_000) > 100_000:
+        raise RecipeError([f"{path}: not a recipe: over 100000 values once YAML aliases are expanded"])
     raw = apply_overrides(raw, list(overrides))
     lines = _node_lines(text)
     overridden = {tuple(o.split("=", 1)[0].strip().split(".")) for o in overrides}
