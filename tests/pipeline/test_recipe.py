@@ -210,3 +210,15 @@ def test_line_numbers_are_one_based(tmp_path, corpus):
     p = tmp_path / "first.yaml"
     p.write_text("nmae: x\n")  # the key at fault is on the first line
     assert f"{p}:1: nmae: unknown key. Did you mean 'name'?" in problems(str(p))
+
+
+def test_set_unknown_step_suggests_the_closest_id_and_lists_indexable(tmp_path, corpus):
+    p = write(tmp_path, corpus, "- {id: length, op: length_filter}\n- {id: pick, op: sample}\n")
+    assert problems(p, ["steps.pikc.params.fraction=0.2"]) == (
+        "--set steps.pikc.params.fraction: no step with id 'pikc'. Did you mean 'pick'? "
+        "Steps: length, pick (steps are named by id, not by position)")
+    assert "no step with id '1'" in problems(p, ["steps.1.params.fraction=0.2"])
+    loaded = load_recipe(p, [f"input.paths.0={corpus}/*.jsonl.gz"])
+    assert loaded.recipe.input.paths == [f"{corpus}/*.jsonl.gz"]
+    assert problems(p, ["input.paths.3=x"]) == (
+        "--set input.paths.3: input.paths is a list of 1; use an index 0..0, or set input.paths=[...] whole")
