@@ -212,14 +212,26 @@ def dedup_table(out: str | Run) -> list[dict]:
 
 
 def mixture_manifests(out: str | Run) -> list[dict]:
-    """`manifest.json` files the run wrote (a mixture step), as (step, manifest)."""
+    """The shard manifests a mixture step wrote (`<out>/<step>.shards/manifest.json`, one per phase
+    when the step has phases), as [{"step", "phase", "manifest"}]."""
     run = out if isinstance(out, Run) else load_run(out)
     found = []
     for step in run.order:
-        p = os.path.join(run.out, step, "manifest.json")
-        if os.path.isfile(p):
+        for d in (os.path.join(run.out, f"{step}.shards"), os.path.join(run.out, step)):
+            p = os.path.join(d, "manifest.json")
+            if not os.path.isfile(p):
+                continue
             with open(p, encoding="utf-8") as f:
-                found.append({"step": step, "manifest": json.load(f)})
+                man = json.load(f)
+            if man.get("phases"):
+                for ph in man["phases"]:
+                    sub = os.path.join(d, ph.get("dir", ""), "manifest.json")
+                    if os.path.isfile(sub):
+                        with open(sub, encoding="utf-8") as f:
+                            found.append({"step": step, "phase": ph.get("name"), "manifest": json.load(f)})
+            else:
+                found.append({"step": step, "phase": None, "manifest": man})
+            break
     return found
 
 
@@ -459,7 +471,8 @@ def _score_sections(run: Run) -> tuple[str, str]:
             if c["tokens"].null_count() < len(c):
                 fig.add(_scatter(name="tokens kept", x=c["value"].to_list(), y=c["tokens"].to_list(),
                                          mode="lines", yaxis="y2"))
-                fig.update(yaxis2=dict(overlaying="y", side="right", title={"text": "tokens"}))
+                fig.update(yaxis2=dict(overlaying="y", side="right", title={"text": "tokens"}, rangemode="tozero"),
+                           yaxis_rangemode="tozero")
             if mine[0].value is not None:
                 fig.vline(mine[0].value, f"run: {mine[0].value}")
             fig.update(title=f"{step}: documents it would keep for each {param} (other rules as run, no rerun)",
@@ -502,9 +515,11 @@ def _mixture_section(run: Run) -> str:
         fig = Fig([_barkw(name="target weight", x=names, y=tw), _barkw(name="realized weight", x=names, y=rw)])
         if any(e is not None for e in ep):
             fig.add(_scatter(name="epochs", x=names, y=ep, mode="markers", yaxis="y2", marker_size=10))
-            fig.update(yaxis2=dict(overlaying="y", side="right", title={"text": "epochs"}))
-        fig.update(title=f"{m['step']}: target vs realized weights per group", barmode="group", height=320)
-        parts.append(_fig_html(fig, f"plot-mixture-{m['step']}"))
+            fig.update(yaxis2=dict(overlaying="y", side="right", title={"text": "epochs"}, rangemode="tozero"))
+        phase = f" (phase {m['phase']})" if m.get("phase") else ""
+        fig.update(title=f"{m['step']}{phase}: target vs realized token weights per group, and epochs",
+                   barmode="group", height=320)
+        parts.append(_fig_html(fig, f"plot-mixture-{m['step']}-{len(parts)}"))
         parts.append(f"<details><summary>manifest.json</summary><pre>{html.escape(json.dumps(man, indent=1)[:20000])}"
                      f"</pre></details>")
     return "".join(parts) or '<p class="empty">No mixture step (manifest.json) in this run.</p>'

@@ -516,6 +516,9 @@ def _flow(run: Run, new_rules: dict[str, list[Rule]]) -> list[StepCount]:
             if "dup_of" in df.columns and df["dup_of"].null_count() < len(df):
                 j, dnote = _dedup_keepers(j, df)
                 note = dnote or note
+            elif run.kinds.get(step) == "global" and st.get(step, {}).get("docs_dropped", 0):
+                note = (f"approximate: {run.ops[step]} decides over the whole dataset (a budget, a sample), so "
+                        f"with other rows arriving a rerun may keep others; here rows keep their recorded fate")
             new_unknown = (~pl.Series(known)).sum()
             if new_unknown and not drops_nothing:
                 note = (f"{new_unknown:,} rows now reach this step that never reached it in the run: their fate here "

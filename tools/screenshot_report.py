@@ -43,6 +43,7 @@ def render(html_path: str, png_path: str | None = None, width: int = 1366, heigh
             page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
             page.on("request", lambda r: requests.append(r.url))
+            page.set_default_timeout(180_000)  # a loaded 2-core machine parses 5 MB of JS slowly
             page.goto("file://" + os.path.abspath(html_path), wait_until="load")
             sections = page.evaluate("""() => Object.fromEntries(Array.from(document.querySelectorAll('section'))
                 .map(s => [s.id, {plots: s.querySelectorAll('div.plot').length,
