@@ -228,3 +228,22 @@ def test_sample_warc_is_deterministic_and_readable(tmp_path):
     assert t["url"].to_pylist() == [i["url"] for i in info]
     assert {i["language"] for i in info} == {"en", "de", "fr", "es", "pl"}
     assert {i["charset"] for i in info} > {"utf-8"}  # some pages in legacy charsets
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_content_length_overrunning_to_the_end_keeps_the_next_record(tmp_path, compress):
+    """A Content-Length past the end of the file must not take the good record after it along."""
+    recs = [_record("a", _page(0)), _record("b", _page(1), cl_delta=5000), _record("c", _page(2))]
+    data = b"".join(gzip.compress(r) if compress else r for r in recs)
+    t = _read(_write(tmp_path, "over.warc.gz" if compress else "over.warc", data))
+    assert t["id"].to_pylist() == ["a", "b", "c"]
+    reasons = t["drop_reason"].to_pylist()
+    assert reasons[0] is None and reasons[2] is None
+    assert reasons[1].startswith("input:content_length_mismatch at byte ")
+    assert t["html"][2].as_py() == _page(2)
+
+
+def test_only_warcinfo_and_zero_bytes_read_as_no_rows(tmp_path):
+    info = gzip.compress(_record("info", b"software: x\r\n", wtype="warcinfo", http=False))
+    assert list(read_warc_batches(str(_write(tmp_path, "info.warc.gz", info)))) == []
+    assert list(read_warc_batches(str(_write(tmp_path, "zero.warc.gz", b"")))) == []
