@@ -31,13 +31,15 @@ Rules, per group (``group_by`` column; the whole input when unset), groups in pa
 8. Stage-2 documents not picked go back to the pool with their fresh scores.
 9. Kept rows get ``zip_rank`` (0-based selection order within the group) and ``zip_ratio`` (the
    score when picked); every other row is dropped with ``zip_select:not_selected``.
-Stage-1 scoring of a group is split over Ray tasks (``scoring_chunk`` candidates each) when the
-group's candidates outnumber one chunk: each score depends only on (selection, candidate), so the
-result is the same for any number of tasks.
+Stage-1 scoring of a group is split over up to ``scoring_tasks`` Ray tasks (default: the cluster's
+CPUs / the number of groups, so a lone large group uses the cluster and many groups do not pay
+for extra dictionaries), each with at least ``scoring_chunk`` candidates: each score depends only
+on (selection, candidate), so the result is the same for any number of tasks.
 """
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Callable, Literal
 
 import numpy as np
@@ -68,7 +70,12 @@ class ZipSelectParams(Params):
     k1: int = Field(10_000, ge=1, description="stage 1: candidates rescored per round")
     k2: int = Field(200, ge=1, description="stage 2: best candidates passed to stage 3")
     k3: int = Field(100, ge=1, description="stage 3: documents added per round")
-    scoring_chunk: int = Field(2_500, ge=1, description="stage-1 candidates per Ray scoring task")
+    backend: Literal["zstd", "zlib"] = Field(
+        "zstd", description="zstd: dictionary = the whole selection; zlib: the reference's zlib-9 "
+                            "(32 KB window), state copied per candidate (for comparison)")
+    scoring_chunk: int = Field(2_500, ge=1, description="least stage-1 candidates per Ray scoring task")
+    scoring_tasks: int | None = Field(None, ge=1, description="Ray tasks per group for stage-1 scoring "
+                                      "(default: cluster CPUs / groups)")
 
     @model_validator(mode="before")
     @classmethod
@@ -134,28 +141,60 @@ def compressor(selection: bytes):
     return zstd.ZstdCompressor(compression_params=params, dict_data=d)
 
 
-def solo_sizes(texts) -> np.ndarray:
-    """Compressed size of each text alone (0 for null/empty)."""
-    comp = compressor(b"")
-    return np.fromiter((len(comp.compress(t)) if t else 0 for t in texts), dtype=np.int64, count=len(texts))
+class ZstdContext:
+    """The selection as a zstd dictionary (seen whole); this round's picks streamed after it."""
 
+    def __init__(self, selection: bytes):
+        self.comp, self.prefix = compressor(selection), b""
 
-def conditional_sizes(selection: bytes, texts: list[bytes]) -> np.ndarray:
-    """y(c | selection) for each text: one compressor, the selection as its dictionary."""
-    comp = compressor(selection)
-    return np.fromiter((len(comp.compress(t)) for t in texts), dtype=np.int64, count=len(texts))
+    def size(self, text: bytes) -> int:
+        if not self.prefix:
+            return len(self.comp.compress(text))
+        import zstandard as zstd
 
-
-def _sizes_after_prefix(comp, prefix: bytes, text: bytes) -> int:
-    """Bytes the compressor (dictionary = selection) spends on `text` right after `prefix`:
-    y(text | selection + prefix). The prefix is this round's picks (at most k3 documents)."""
-    import zstandard as zstd
-
-    o = comp.compressobj()
-    if prefix:
-        o.compress(prefix)
+        # no compressor state can be copied in python-zstandard: this round's picks (at most k3
+        # documents) are streamed again before the candidate; the selection is never recompressed
+        o = self.comp.compressobj()
+        o.compress(self.prefix)
         o.flush(zstd.COMPRESSOBJ_FLUSH_BLOCK)
-    return len(o.compress(text)) + len(o.flush())
+        return len(o.compress(text)) + len(o.flush())
+
+    def add(self, text: bytes) -> None:
+        self.prefix += text + SEP
+
+
+class ZlibContext:
+    """zlib-9, the reference's compressor (32 KB window: only the selection's tail is seen): the
+    state after the selection, copied per candidate."""
+
+    def __init__(self, selection: bytes):
+        self.obj = zlib.compressobj(9)
+        if selection:
+            self.obj.compress(selection)
+            self.obj.flush(zlib.Z_SYNC_FLUSH)
+
+    def size(self, text: bytes) -> int:
+        c = self.obj.copy()
+        return len(c.compress(text)) + len(c.flush())
+
+    def add(self, text: bytes) -> None:
+        self.obj.compress(text + SEP)
+        self.obj.flush(zlib.Z_SYNC_FLUSH)
+
+
+CONTEXTS = {"zstd": ZstdContext, "zlib": ZlibContext}
+
+
+def conditional_sizes(selection: bytes, texts: list[bytes], backend: str = "zstd") -> np.ndarray:
+    """y(c | selection) for each text."""
+    ctx = CONTEXTS[backend](selection)
+    return np.fromiter((ctx.size(t) for t in texts), dtype=np.int64, count=len(texts))
+
+
+def solo_sizes(texts, backend: str = "zstd") -> np.ndarray:
+    """Compressed size of each text alone (0 for null/empty)."""
+    ctx = CONTEXTS[backend](b"")
+    return np.fromiter((ctx.size(t) if t else 0 for t in texts), dtype=np.int64, count=len(texts))
 
 
 # -- the selection of one group (plain code: no Ray needed) -----------------------------------
@@ -163,7 +202,8 @@ Scorer = Callable[[bytes, np.ndarray], np.ndarray]
 
 
 def select_group(texts: list[bytes], solo: np.ndarray, units: np.ndarray, budget: int,
-                 k1: int, k2: int, k3: int, scorer: Scorer | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 k1: int, k2: int, k3: int, scorer: Scorer | None = None,
+                 backend: str = "zstd") -> tuple[np.ndarray, np.ndarray]:
     """ZIP over one group. Returns (indices in selection order, ratio of each when picked).
 
     `texts` are non-empty UTF-8 bytes in canonical (id) order, `solo` their compressed sizes
@@ -174,7 +214,7 @@ def select_group(texts: list[bytes], solo: np.ndarray, units: np.ndarray, budget
     units = np.asarray(units, dtype=np.int64)
     if scorer is None:
         def scorer(selection: bytes, cand: np.ndarray) -> np.ndarray:
-            return conditional_sizes(selection, [texts[i] for i in cand])
+            return conditional_sizes(selection, [texts[i] for i in cand], backend)
     stale = raw / np.maximum(solo, 1)  # ratio of the document alone
     avail = units <= budget
     remaining = int(budget)
@@ -200,11 +240,11 @@ def select_group(texts: list[bytes], solo: np.ndarray, units: np.ndarray, budget
         # the others' contexts longer, so their conditional sizes can only shrink: the ratio with
         # the size last computed is a lower bound of the fresh one (evaluated with the current
         # raw(S), comp(S)). The best bound is recomputed until the best is fresh, then picked.
-        comp = None
+        context = None
         cand3, x3, y3 = cand[top], raw[cand[top]], y[top].astype(np.float64)
         seen = np.zeros(len(top), dtype=np.int64)  # version of the context y3 was computed in
         alive = np.ones(len(top), dtype=bool)
-        prefix, version, round_picks = b"", 0, 0
+        version, round_picks = 0, 0
         while round_picks < k3 and remaining > 0 and alive.any():
             bound = np.where(alive, (raw_sel + x3) / (comp_sel + y3), np.inf)
             j = int(np.lexsort((cand3, bound))[0])  # ties: smaller index
@@ -213,9 +253,11 @@ def select_group(texts: list[bytes], solo: np.ndarray, units: np.ndarray, budget
                 alive[j] = avail[i] = False  # never fits again: the remaining budget only shrinks
                 continue
             if seen[j] != version:  # stale: rescore given S + this round's picks, compare again
-                if comp is None:
-                    comp = compressor(selection)
-                y3[j] = _sizes_after_prefix(comp, prefix, texts[i])
+                if context is None:
+                    context = CONTEXTS[backend](selection)
+                    for k in picked[len(picked) - round_picks:]:
+                        context.add(texts[k])
+                y3[j] = context.size(texts[i])
                 seen[j] = version
                 stale[i] = (raw_sel + x3[j]) / (comp_sel + y3[j])
                 continue
@@ -225,7 +267,8 @@ def select_group(texts: list[bytes], solo: np.ndarray, units: np.ndarray, budget
             remaining -= int(units[i])
             raw_sel += raw[i] + len(SEP)
             comp_sel += y3[j]
-            prefix += texts[i] + SEP
+            if context is not None:
+                context.add(texts[i])
             selection_parts.append(texts[i] + SEP)
             version += 1
             round_picks += 1
@@ -233,28 +276,28 @@ def select_group(texts: list[bytes], solo: np.ndarray, units: np.ndarray, budget
 
 
 # -- Ray: stage-1 scoring spread over tasks ----------------------------------------------------
-def _score_chunk(selection: bytes, texts: pa.Array, cand: np.ndarray) -> np.ndarray:
-    return conditional_sizes(selection, texts.take(pa.array(cand)).to_pylist())
+def _score_chunk(selection: bytes, texts: pa.Array, cand: np.ndarray, backend: str) -> np.ndarray:
+    return conditional_sizes(selection, texts.take(pa.array(cand)).to_pylist(), backend)
 
 
-def ray_scorer(texts: list[bytes], chunk: int) -> Scorer | None:
-    """A scorer that splits the candidates over Ray tasks of `chunk` each (None outside Ray or
-    when a group never has more than one chunk of candidates)."""
+def ray_scorer(texts: list[bytes], chunk: int, tasks: int, backend: str) -> Scorer | None:
+    """A scorer that splits the candidates over up to `tasks` Ray tasks of at least `chunk` each
+    (None outside Ray, or when a group never has more than one chunk of candidates)."""
     try:
         import ray
     except ImportError:  # pragma: no cover - ray is a dependency
         return None
-    if not ray.is_initialized() or len(texts) <= chunk:
+    if not ray.is_initialized() or len(texts) <= chunk or tasks <= 1:
         return None
     texts_ref = ray.put(pa.array(texts, pa.large_binary()))
     remote = ray.remote(num_cpus=1)(_score_chunk)
 
     def score(selection: bytes, cand: np.ndarray) -> np.ndarray:
         if len(cand) <= chunk:
-            return conditional_sizes(selection, [texts[i] for i in cand])
+            return conditional_sizes(selection, [texts[i] for i in cand], backend)
         sel_ref = ray.put(selection)
-        parts = [cand[s:s + chunk] for s in range(0, len(cand), chunk)]
-        return np.concatenate(ray.get([remote.remote(sel_ref, texts_ref, p) for p in parts]))
+        parts = np.array_split(cand, min(tasks, len(cand) // chunk))
+        return np.concatenate(ray.get([remote.remote(sel_ref, texts_ref, p, backend) for p in parts]))
 
     return score
 
@@ -282,24 +325,24 @@ def _prepare(batch: pa.Table, p: ZipSelectParams) -> pa.Table:
         units = pa.array(np.ones(batch.num_rows, dtype=np.int64))
     binary = text.cast(pa.large_binary()).to_pylist()
     return pa.table({"id": pc.cast(batch.column("id"), pa.string()), "text": text.cast(pa.large_string()),
-                     GROUP: group, UNITS: units, SOLO: pa.array(solo_sizes(binary))})
+                     GROUP: group, UNITS: units, SOLO: pa.array(solo_sizes(binary, p.backend))})
 
 
-def _select_table(group: pa.Table, p: ZipSelectParams, spread: bool) -> pa.Table:
+def _select_table(group: pa.Table, p: ZipSelectParams, tasks: int = 1) -> pa.Table:
     """One group's rows (from _prepare) -> (id, zip_rank, zip_ratio) of the selected ones."""
     group = group.sort_by("id")
     texts = group.column("text").cast(pa.large_binary()).to_pylist()
     units = group.column(UNITS).to_numpy()
-    scorer = ray_scorer(texts, p.scoring_chunk) if spread else None
+    scorer = ray_scorer(texts, p.scoring_chunk, tasks, p.backend) if tasks > 1 else None
     order, ratios = select_group(texts, group.column(SOLO).to_numpy(), units, p.budget_for(units),
-                                 p.k1, p.k2, p.k3, scorer)
+                                 p.k1, p.k2, p.k3, scorer, p.backend)
     return pa.table({"id": group.column("id").take(pa.array(order, pa.int64())),
                      "zip_rank": pa.array(np.arange(len(order), dtype=np.int64)),
                      "zip_ratio": pa.array(ratios, pa.float64())})
 
 
-def _select_on_worker(group: pa.Table, p: ZipSelectParams) -> pa.Table:
-    return _select_table(group, p, spread=True)
+def _select_on_worker(group: pa.Table, p: ZipSelectParams, tasks: int) -> pa.Table:
+    return _select_table(group, p, tasks)
 
 
 def _mark(batch: pa.Table, chosen: pa.Table) -> pa.Table:
@@ -351,18 +394,29 @@ class ZipSelect(Operator):
         """In-process (notebook) version of run(): the table with zip_rank, zip_ratio, drop_reason."""
         self._check_columns(table.column_names)
         prepared = _prepare(table, self.params)
-        chosen = [_select_table(prepared.filter(pc.equal(prepared.column(GROUP), g)), self.params, spread=False)
+        chosen = [_select_table(prepared.filter(pc.equal(prepared.column(GROUP), g)), self.params)
                   for g in sorted(set(prepared.column(GROUP).to_pylist()))]
         return _mark(table, pa.concat_tables([_EMPTY_CHOSEN, *chosen]))
+
+    def _tasks_per_group(self, ds, ctx) -> int:
+        import ray
+
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        if ctx.max_workers:
+            cpus = min(cpus, ctx.max_workers)
+        groups = len(ds.unique(self.params.group_by)) if self.params.group_by else 1
+        return max(1, cpus // max(groups, 1))
 
     def run(self, ds, ctx):
         p = self.params
         self._check_columns(ds.schema().names)
         bs = self.resources.batch_size
         prepared = ds.map_batches(_prepare, fn_args=(p,), batch_format="pyarrow", batch_size=bs)
-        n_groups = None if p.group_by else 1
-        chosen = (prepared.groupby(GROUP, num_partitions=n_groups or ctx.num_partitions())
-                  .map_groups(_select_on_worker, fn_args=(p,), batch_format="pyarrow")
+        # one partition per ~64 MB of input (each costs an aggregator process), one if ungrouped
+        parts = ctx.num_partitions(nbytes=ds.size_bytes()) if p.group_by else 1
+        tasks = p.scoring_tasks or self._tasks_per_group(ds, ctx)
+        chosen = (prepared.groupby(GROUP, num_partitions=parts)
+                  .map_groups(_select_on_worker, fn_args=(p, tasks), batch_format="pyarrow")
                   .materialize())
         if chosen.size_bytes() <= BROADCAST_BYTES:
             # the chosen ids go to every worker through the object store (never the driver)
