@@ -70,6 +70,9 @@ def test_readme_plugin_validates_runs_lists_and_inspects(plugin_dir, ray_session
     d, docs = plugin_dir
     assert main(["validate", "r.yaml"]) == 0
     assert "digits(digit_ratio)" in capsys.readouterr().out
+    assert main(["validate", "r.yaml", "--set", "steps.digits.params.max_ratoi=0.2"]) == 2  # the typo
+    assert ("r.yaml:6: step 'digits': max_ratoi=0.2 (from --set): unknown key; digit_ratio takes: max_ratio. "
+            "Did you mean 'max_ratio'?") in capsys.readouterr().err
 
     assert main(["ops", "--plugins", "my_ops.py"]) == 0
     listing = capsys.readouterr().out
