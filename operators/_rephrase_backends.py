@@ -73,7 +73,7 @@ def bundled_model() -> str:
 
 class TransformersBackend:
     def __init__(self, model: str | None, *, max_new_tokens: int, temperature: float, top_p: float,
-                 seed: int, batch_size: int, device: str = "cpu"):
+                 seed: int, batch_size: int, device: str = "cpu", num_threads: int = 1):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -86,7 +86,7 @@ class TransformersBackend:
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
         self.device = device
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
-        self.seed, self.batch_size = seed, batch_size
+        self.seed, self.batch_size, self.num_threads = seed, batch_size, num_threads
         self.requests = self.retries = 0
         self._torch = torch
 
@@ -100,6 +100,16 @@ class TransformersBackend:
                                             add_generation_prompt=True)
 
     def generate(self, prompts: list[str]) -> Iterator[Result]:
+        # torch's intra-op threads are process-wide: set ours while generating, then give them back
+        torch = self._torch
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.num_threads)
+        try:
+            yield from self._generate(prompts)
+        finally:
+            torch.set_num_threads(previous)
+
+    def _generate(self, prompts: list[str]) -> Iterator[Result]:
         torch = self._torch
         rendered = [self.render(p) for p in prompts]
         lengths = self.count_tokens(rendered)

@@ -6,7 +6,7 @@ import time
 from typing import Literal
 
 import pyarrow as pa
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from operators._rephrase_checkpoint import Checkpoint, chunk_key
 from operators._rephrase_text import (TEMPLATES, check_output, chunk_text, rough_token_count,
@@ -35,6 +35,9 @@ class RephraseParams(Params):
     seed: int = 0
     batch_size: int = Field(8, ge=1, description="transformers: sequences per model.generate call")
     device: str = Field("cpu", description="transformers: torch device")
+    num_threads: int = Field(1, ge=1, le=512, description="transformers: torch threads while generating (one per "
+                                                          "worker, as its num_cpus: more threads than free cores "
+                                                          "make generation several times slower)")
     concurrency: int = Field(8, ge=1, le=1024, description="openai: requests in flight per worker")
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(3, ge=0, le=20)
@@ -47,6 +50,12 @@ class RephraseParams(Params):
     max_repetition: float = Field(0.3, ge=0.0, le=1.0, description="share of repeated word 4-grams above: repetition")
     min_topic_overlap: float = Field(0.15, ge=0.0, le=1.0,
                                      description="share of the source's top content words in the output below: off_topic")
+
+    @field_validator("checkpoint_dir")
+    @classmethod
+    def _absolute(cls, v):
+        # resolved where the recipe is validated (the driver): Ray workers run in another cwd
+        return None if v is None else os.path.abspath(os.path.expanduser(v))
 
     @model_validator(mode="after")
     def _check(self):
@@ -131,7 +140,8 @@ class Rephrase(Operator):
         from operators import _rephrase_backends as b
 
         if p.backend == "transformers":
-            self.backend = b.TransformersBackend(p.model, batch_size=p.batch_size, device=p.device, **sampling)
+            self.backend = b.TransformersBackend(p.model, batch_size=p.batch_size, device=p.device,
+                                                 num_threads=p.num_threads, **sampling)
         elif p.backend == "openai":
             self.backend = b.OpenAIBackend(p.base_url, p.model, api_key, concurrency=p.concurrency,
                                            timeout_s=p.timeout_s, max_retries=p.max_retries,
