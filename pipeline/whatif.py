@@ -311,7 +311,8 @@ def kept_rows(run: Run, step: str, columns: list[str]) -> pl.LazyFrame | None:
     if run.written(step):
         return _scan(_files(run.out, step), columns)
     for c in run.consumers(step):
-        if len(run.inputs.get(c, [])) == 1:
+        generates = getattr(run.registry.get(run.ops.get(c)), "generates", False)
+        if len(run.inputs.get(c, [])) == 1 and not generates:  # a generating step's rows include new ones
             return reached_rows(run, c, columns, with_reason=False)
     return None
 
@@ -340,12 +341,11 @@ def decide(rules_old: list[Rule], rules_new: list[Rule], kept: np.ndarray, reaso
     column -> values. A row is `unknown` when it would pass every declared cut but a rule after
     the one that dropped it is not a cut (never evaluated for it)."""
     n = len(kept)
-    position = {r.reason: i for i, r in enumerate(rules_old)}
     fails_cut = np.zeros(n, bool)
     for r in rules_new:
         if r.is_cut:
             fails_cut |= r.drops(scores[r.column])
-    pos = np.array([position.get(x, -1) if x is not None else -2 for x in reason], dtype=np.int64)
+    pos = reason if isinstance(reason, np.ndarray) and reason.dtype.kind == "i" else rule_positions(rules_old, reason)
     # -2: kept; -1: a reason not in the rule list (input:, ...); else the rule index
     cut_index = np.array([i for i, r in enumerate(rules_old) if r.is_cut], dtype=np.int64)
     opaque_index = np.array([i for i, r in enumerate(rules_old) if not r.is_cut], dtype=np.int64)
@@ -357,6 +357,15 @@ def decide(rules_old: list[Rule], rules_new: list[Rule], kept: np.ndarray, reaso
     keep = passes & ~open_after
     unknown = passes & open_after
     return keep, unknown
+
+
+def rule_positions(rules: list[Rule], reason) -> np.ndarray:
+    """Index of each row's drop reason in `rules`: -2 for a kept row (null), -1 for a reason that
+    is not one of the rules (input:..., a reason of another version)."""
+    mapping = {r.reason: i for i, r in enumerate(rules)}
+    s = reason if isinstance(reason, pl.Series) else pl.Series("r", list(reason), dtype=pl.String)
+    pos = s.replace_strict(list(mapping), list(mapping.values()), default=-1, return_dtype=pl.Int64)
+    return pos.zip_with(s.is_not_null(), pl.Series([-2] * len(s), dtype=pl.Int64)).to_numpy()
 
 
 def _reason_category(r: pl.Expr) -> pl.Expr:
@@ -498,7 +507,8 @@ def _flow(run: Run, new_rules: dict[str, list[Rule]]) -> list[StepCount]:
         note = None
         if rules is not None:
             scores = {c: _np(df[c]) for c in rule_cols}
-            keep, unknown = decide(run.rules(step), rules, df["_kept"].to_numpy(), df["_reason"].to_numpy(), scores)
+            keep, unknown = decide(run.rules(step), rules, df["_kept"].to_numpy(), rule_positions(run.rules(step), df["_reason"]),
+                                   scores)
             decided = pl.DataFrame({"id": df["id"], "_keep": keep, "_unknown": unknown, "_kept": df["_kept"]})
             if unknown.any():
                 note = f"{int(unknown.sum()):,} rows dropped by a cut here would pass it, but a later rule of the step was never evaluated for them"
@@ -616,7 +626,7 @@ def curve(run: Run, step: str, param: str, df: pl.DataFrame | None = None, point
             if df[mine[0].column].dtype.is_integer():
                 values = np.unique(np.round(values))
     scores = {r.column: _np(df[r.column]) for r in rules if r.is_cut}
-    kept, reason = df["_kept"].to_numpy(), df["_reason"].to_numpy()
+    kept, reason = df["_kept"].to_numpy(), rule_positions(rules, df["_reason"])  # positions: once
     tokens = df["n_tokens"].to_numpy() if "n_tokens" in df.columns and df["n_tokens"].null_count() < len(df) else None
     rows = []
     for v in values:
