@@ -250,14 +250,12 @@ def load_run(out: str) -> Run:
         raise FileNotFoundError(f"{stats_path} not found: is {out!r} the output dir of a finished `gristmill run`?")
     with open(stats_path, encoding="utf-8") as f:
         stats = json.load(f)
-    from operators.base import load_operators
-
     note = None
     rpath = os.path.join(out, RUN_RECIPE)
     if os.path.isfile(rpath):
         with open(rpath, encoding="utf-8") as f:
             recipe = json.load(f)
-        registry = load_operators(recipe.get("plugins", []))
+        registry = _operators(recipe)
     else:  # a run started from Python (run_recipe): re-read the recipe file it came from
         from pipeline.recipe import load_recipe
 
@@ -269,7 +267,8 @@ def load_run(out: str) -> Run:
         recipe = loaded.recipe.model_dump(mode="json")
         for s in recipe["steps"]:
             s["params"] = loaded.params[s["id"]].model_dump(mode="json")
-        registry = load_operators(recipe.get("plugins", []))
+        recipe["recipe_path"] = path
+        registry = _operators(recipe)
         note = (f"thresholds read from {path} (no {RUN_RECIPE} in the output: overrides given at run time, if any, "
                 f"are not known)")
     steps = recipe["steps"]
@@ -280,6 +279,17 @@ def load_run(out: str) -> Run:
     params = {s["id"]: s.get("params", {}) for s in steps}
     return Run(out=out, stats=stats, recipe=recipe, params=params, ops=ops, kinds=kinds, inputs=inputs,
                order=order, registry=registry, recipe_note=note)
+
+
+def _operators(recipe: dict) -> dict:
+    """The registry with the run's plugins (paths are relative to the recipe's folder)."""
+    from operators.base import load_operators
+
+    base = os.path.dirname(os.path.abspath(recipe["recipe_path"])) if recipe.get("recipe_path") else None
+    try:
+        return dict(load_operators(recipe.get("plugins", []), base_dir=base))
+    except TypeError:  # an operators.base without plugin paths
+        return dict(load_operators(recipe.get("plugins", [])))
 
 
 class _S:
