@@ -13,8 +13,10 @@ from operators._rephrase_text import (TEMPLATES, check_output, chunk_text, rough
                                       strip_preamble)
 from operators.base import DROP_REASON, Operator, Params, Resources, register
 
-# columns a synthetic row must not inherit from its source: they describe the source's text
-STALE = ("n_tokens", "token_ids", DROP_REASON)
+# source columns a synthetic row gets as nulls: token counts of the source's text, and its raw HTML
+# (large, and repeated once per style otherwise). Nulled, not dropped: the recipe's column checks
+# and unions count on every upstream column still being there.
+NULLED = ("n_tokens", "token_ids", "html")
 
 
 class RephraseParams(Params):
@@ -212,7 +214,7 @@ class Rephrase(Operator):
                 styles.append(style)
                 sources.append(rid)
                 instruction = self.templates[style].replace("{text}", "")
-                pieces, reason, row_tokens = [], None, 0
+                pieces, reason = [], None
                 if not cs:
                     reason = "rephrase:empty_source"
                 for c, chunk in enumerate(cs):
@@ -222,7 +224,6 @@ class Rephrase(Operator):
                         reason = f"rephrase:{why} chunk {c}" + (f": {detail}" if detail else "")
                         break
                     cleaned = strip_preamble(raw[key])
-                    row_tokens += ntok[key]
                     why = check_output(cleaned, chunk, instruction, min_length_ratio=p.min_length_ratio,
                                        max_repetition=p.max_repetition, min_topic_overlap=p.min_topic_overlap)
                     if why is not None:
@@ -234,10 +235,14 @@ class Rephrase(Operator):
                     pieces = [strip_preamble(raw[k]) for k in (chunk_key(rid, style, c) for c in range(len(cs)))
                               if k in raw]
                 out_text.append("\n\n".join(pieces))
-                n_tok.append(row_tokens)
+                n_tok.append(sum(ntok.get(chunk_key(rid, style, c), 0) for c in range(len(cs))))
 
-        base = batch.drop_columns([c for c in STALE if c in batch.column_names] + ["id", "text"])
+        base = batch.drop_columns([c for c in (DROP_REASON, "id", "text") if c in batch.column_names])
         out = base.take(pa.array(take, pa.int64()))
+        for name in NULLED:
+            if name in out.column_names:
+                i = out.schema.get_field_index(name)
+                out = out.set_column(i, out.schema.field(i), pa.nulls(out.num_rows, out.schema.field(i).type))
         cols = {
             "id": pa.array([f"{s}/{st}" for s, st in zip(sources, styles)], pa.string()),
             "text": pa.array(out_text, pa.string()),
