@@ -35,6 +35,9 @@ Stage-1 scoring of a group is split over up to ``scoring_tasks`` Ray tasks (defa
 CPUs / the number of groups, so a lone large group uses the cluster and many groups do not pay
 for extra dictionaries), each with at least ``scoring_chunk`` candidates: each score depends only
 on (selection, candidate), so the result is the same for any number of tasks.
+``backend: zlib`` scores with the reference's zlib-9 instead (32 KB window; its state after the
+selection is copied per candidate), for comparison. python-zstandard cannot copy a compressor
+state, hence the dictionary.
 """
 from __future__ import annotations
 
