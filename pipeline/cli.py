@@ -23,10 +23,16 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from pipeline.executor import RunOptions, run_recipe
+    from pipeline.lock import output_lock
 
     loaded = _load(args)
     out = args.output or loaded.recipe.output
+    with output_lock(out):  # one run per output dir, taken before anything is written there
+        return _run_locked(args, loaded, out)
+
+
+def _run_locked(args, loaded, out) -> int:
+    from pipeline.executor import RunOptions, run_recipe
     from pipeline.whatif import save_run_recipe
 
     save_run_recipe(loaded, out)  # the thresholds as run (overrides applied): read by report / what-if

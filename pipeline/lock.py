@@ -1,6 +1,7 @@
 """One run per output directory.
 
-A run holds an exclusive ``fcntl`` lock on ``<output>/.gristmill.lock`` for as long as it runs.
+A run (``gristmill run``, and the executor for in-process runs; reentrant within one process)
+holds an exclusive ``fcntl`` lock on ``<output>/.gristmill.lock`` for as long as it runs.
 The kernel drops the lock when the process ends, however it ends (exit, crash, SIGKILL), so a
 crashed run never leaves the directory locked; the file itself stays, holding who ran last (pid,
 host, start time) so that a refused second run can say who holds it.
@@ -22,6 +23,7 @@ import socket
 from contextlib import contextmanager
 
 LOCK_FILE = ".gristmill.lock"
+_HELD: dict[str, int] = {}  # lock paths this process holds -> nesting depth (the CLI and the executor both take it)
 
 
 class OutputError(RuntimeError):
@@ -36,6 +38,13 @@ def output_lock(output: str):
         yield
         return
     path = os.path.join(os.path.abspath(output), LOCK_FILE)
+    if path in _HELD:  # already ours (taken by the caller): reentrant within one process
+        _HELD[path] += 1
+        try:
+            yield
+        finally:
+            _HELD[path] -= 1
+        return
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -58,7 +67,11 @@ def output_lock(output: str):
             os.fsync(fd)
         except OSError as e:  # a full disk shows up here, before any step runs
             raise OutputError(f"output {output}: cannot write {path} ({e.strerror or e})") from None
-        yield
+        _HELD[path] = 1
+        try:
+            yield
+        finally:
+            del _HELD[path]
     finally:
         os.close(fd)  # releases the lock
 

@@ -352,25 +352,36 @@ def _small_recipe(tmp_path) -> Path:
     return p
 
 
-def test_second_run_on_the_same_output_refuses(tmp_path):
-    p = _small_recipe(tmp_path)
-    with output_lock(str(tmp_path / "out")):  # a run in progress (this process holds the lock)
-        rc, msg = _cli_run(p)
-    assert rc == 3
-    assert f"output {tmp_path}/out is in use by another gristmill run (pid {os.getpid()} on " in msg
-    assert "Traceback" not in msg
-
-
-def test_a_crashed_runs_lock_is_not_stuck(tmp_path):
-    out = tmp_path / "out"
+def _holder(out: Path) -> subprocess.Popen:
+    """Another process holding the output dir, as a run in progress does."""
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
         import sys, time; sys.path.insert(0, {str(ROOT)!r})
         from pipeline.lock import output_lock
         with output_lock({str(out)!r}):
             print("held", flush=True); time.sleep(600)
         """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_second_run_on_the_same_output_refuses(tmp_path):
+    p = _small_recipe(tmp_path)
+    holder = _holder(tmp_path / "out")
     try:
-        assert holder.stdout.readline().strip() == "held"
+        rc, msg = _cli_run(p)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert rc == 3
+    assert f"output {tmp_path}/out is in use by another gristmill run (pid {holder.pid} on " in msg
+    assert "Traceback" not in msg
+    assert not (tmp_path / "out" / "recipe.json").exists()  # nothing of the running run overwritten
+
+
+def test_a_crashed_runs_lock_is_not_stuck(tmp_path):
+    out = tmp_path / "out"
+    holder = _holder(out)
+    try:
         with pytest.raises(OutputError, match=rf"pid {holder.pid} on "):
             with output_lock(str(out)):
                 pass
@@ -378,7 +389,8 @@ def test_a_crashed_runs_lock_is_not_stuck(tmp_path):
         holder.kill()  # SIGKILL: no cleanup runs in the holder
         holder.wait()
     with output_lock(str(out)):  # the kernel released it with the process
-        pass
+        with output_lock(str(out)):  # reentrant in one process (the CLI and the executor both take it)
+            pass
 
 
 def test_unwritable_output_fails_fast(tmp_path):
