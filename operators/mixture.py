@@ -495,8 +495,7 @@ class Mixture(Operator):
             summaries.append(sorted(written.take_all(), key=lambda r: r["shard"]))
         manifests = []
         for i, ph in enumerate(phases):
-            man = phase_manifest(ph, plan["phases"][i]["sets"], summaries[i], names, docs, available,
-                                 store.path(root), p, seed, tok_info, dtype)
+            man = phase_manifest(ph, summaries[i], names, docs, available, p)
             sub = f"phase_{i:02d}/" if len(phases) > 1 else ""
             if sub:
                 store.write_json(f"{root}/{sub}manifest.json", man)
@@ -513,8 +512,8 @@ def params_hash(p: MixtureParams, seed: int, tok_sha: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def phase_manifest(ph: dict, sets: dict, summary: list[dict], names: dict, docs: dict, available: dict,
-                   root_abs: str, p: MixtureParams, seed: int, tok_info: dict, dtype) -> dict:
+def phase_manifest(ph: dict, summary: list[dict], names: dict, docs: dict, available: dict,
+                   p: MixtureParams) -> dict:
     """What one phase's shard sets hold, read from what the workers wrote."""
     shards, emitted_tok, emitted_docs = [], {}, {}
     for r in summary:
@@ -537,8 +536,9 @@ def phase_manifest(ph: dict, sets: dict, summary: list[dict], names: dict, docs:
     if p.layout == "per_group":
         for s in shards:
             blend.append([round(s["tokens"] / total, 8), s["path"]])
-    data_path = " ".join(f"{w} {root_abs}/{pre}" for w, pre in blend) if blend else \
-        " ".join(f"{root_abs}/{s['path']}" for s in shards)
+    # prefixes relative to the shard directory (the manifest does not depend on where the run
+    # wrote); `gristmill shards DIR` prints them with DIR in front
+    data_path = " ".join(f"{w} {pre}" for w, pre in blend) if blend else " ".join(s["path"] for s in shards)
     return {"phase": ph["name"], "method": ph["method"], "budget_tokens": round(ph["budget"]),
             "tokens_emitted": sum(emitted_tok.values()), "layout": p.layout, "groups": groups, "shards": shards,
             "blend": blend, "data_path": data_path, "notes": ph["notes"],
