@@ -4,6 +4,7 @@ file is kept. Files are built small here; size guards are proven with lowered li
 50 MB case."""
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -266,9 +267,12 @@ def test_parquet_text_types(tmp_path):
 def _validate(tmp_path, input_yaml: str) -> tuple[int, str]:
     p = tmp_path / "r.yaml"
     p.write_text(f"name: v\ninput: {input_yaml}\noutput: {tmp_path}/out\nsteps:\n  - {{id: len, op: length_filter}}\n")
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "validate", str(p)], cwd=ROOT, capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
-    return r.returncode, r.stderr + r.stdout
+    from pipeline import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(["validate", str(p)])
+    return rc, err.getvalue() + out.getvalue()
 
 
 def test_parquet_text_column_of_another_type_is_a_clear_error_at_validation(tmp_path):
