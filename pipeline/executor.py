@@ -82,6 +82,12 @@ class StepRunner:
                      time.perf_counter() - t0, key, counters, started)
 
 
+def select_present(batch: pa.Table, cols: list[str]) -> pa.Table:
+    """A union's columns: those every input is known to have, where the rows have them (a reader
+    does not invent all-null columns for fields a file lacks)."""
+    return batch.select([c for c in cols if c in batch.column_names])
+
+
 _TASK_RUNNERS: dict[tuple, StepRunner] = {}
 
 
@@ -258,7 +264,8 @@ class Executor:
         parts = [self._plan(u, target) for u in ups]
         if len(parts) > 1:  # a union keeps the columns every input is known to have
             cols = sorted(set.intersection(*[self._columns(u) for u in ups]))
-            parts = [p.select_columns(cols) for p in parts]
+            parts = [p.map_batches(select_present, fn_args=(cols,), batch_format="pyarrow", batch_size=None,
+                                   zero_copy_batch=True) for p in parts]
             ds = parts[0].union(*parts[1:])
         else:
             ds = parts[0]
@@ -344,9 +351,9 @@ class Executor:
                 pending[info] = (w, nxt)
                 nxt += 1
 
-        for w in range(len(pool)):
-            submit(w)
-            submit(w)
+        for _ in range(2):  # breadth first: every worker gets a unit before any gets a second
+            for w in range(len(pool)):
+                submit(w)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=0.25)
             for ref in done:
@@ -484,6 +491,8 @@ class Executor:
             t0 = time.perf_counter()
             shape = self._chain_of(target)
             walls: dict[str, float] = {}
+            if shape is not None and self.kinds[target] == "global" and not shape[1] and shape[0] != SOURCE:
+                shape = None  # a global step right after a written one: Ray Data reads it, no pool needed
             if shape is not None:
                 written, walls = self._run_fused(target, shape[0], shape[1], seg)
             else:

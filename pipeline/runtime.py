@@ -58,8 +58,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
                       log_to_driver=not quiet, ignore_reinit_error=True)
         if address:
             ray.init(address=address, **kwargs)
+        elif os.environ.get("RAY_ADDRESS"):
+            ray.init(**kwargs)  # a cluster named in the environment
         else:
-            ray.init(num_cpus=num_cpus, **kwargs)
+            # "local": a Ray of our own, even when /tmp/ray/ray_current_cluster names another
+            # process's cluster (plain ray.init() would join it)
+            ray.init(address="local", num_cpus=num_cpus, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress and not quiet
     ctx.print_on_execution_start = False
