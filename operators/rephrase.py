@@ -252,8 +252,11 @@ class Rephrase(Operator):
             "synthetic_tokens": pa.array(n_tok, pa.int64()),
             DROP_REASON: pa.array(reasons, pa.string()),
         }
-        for name, arr in cols.items():
-            out = out.append_column(name, arr)
+        if out.num_columns == 0:  # only id and text came in: a table of no columns has no rows to add to
+            out = pa.table(cols)
+        else:
+            for name, arr in cols.items():
+                out = out.append_column(name, arr)
         self._last = {"tokens_generated": generated_tokens, "generate_s": generate_s,
                       "generations": new, "cached": cached, "failed": len(failed),
                       "requests": self.backend.requests - req0, "retries": self.backend.retries - retry0}
