@@ -23,6 +23,7 @@ def run_output(tmp_path_factory, ray_session):
     (d / "r.yaml").write_text(
         f"name: inspect\ninput: {{format: jsonl, paths: ['{d}/docs.jsonl']}}\noutput: {d}/out\nsteps:\n"
         "  - {id: length, op: length_filter, params: {min_chars: 10}}\n"
+        "  - {id: every, op: sample, params: {fraction: 1.0}, write: true}\n"  # not a sink, written anyway
         "  - {id: pick, op: sample, params: {fraction: 0.5}}\n")
     out = str(d / "out")
     run_recipe(load_recipe(str(d / "r.yaml")), RunOptions(output=out, quiet=True))
@@ -47,14 +48,16 @@ def test_kept_returns_every_row_of_a_written_step(run_output):
     steps = {r["step"]: r for r in inspect.step_table(out).to_dicts()}
     assert kept.height == steps["pick"]["docs_out"] > 5
     assert "n_chars" in kept.columns and "drop_reason" not in kept.columns
+    every = inspect.kept(out, "every")  # `write: true` on a step that streams into the next one
+    assert every.height == steps["every"]["docs_out"] == steps["length"]["docs_out"]
 
 
 def test_unknown_step_lists_the_valid_ones(run_output):
     out, _ = run_output
     with pytest.raises(ValueError) as e:
         inspect.rejected(out, "lenght")
-    assert str(e.value) == f"no step 'lenght' in {out}; did you mean 'length'? Steps: read, length, pick"
-    with pytest.raises(ValueError, match="no step 'nope' in .* Steps: read, length, pick"):
+    assert str(e.value) == f"no step 'lenght' in {out}; did you mean 'length'? Steps: read, length, every, pick"
+    with pytest.raises(ValueError, match="no step 'nope' in .* Steps: read, length, every, pick"):
         inspect.kept(out, "nope")
 
 
