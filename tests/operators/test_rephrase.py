@@ -42,6 +42,12 @@ def table(docs=DOCS) -> pa.Table:
                      "url": [f"https://example.com/{d[0]}" for d in docs]})
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def checkpoint_lines(root) -> list[dict]:
     out = []
     for dirpath, _, files in os.walk(root):
@@ -185,13 +191,21 @@ def test_transformers_rerun_generates_nothing(local_run):
     assert len(checkpoint_lines(ckdir)) == 4
 
 
+def test_no_server_every_row_quarantined_after_retries(tmp_path):
+    """Nothing listens on the port: each request is retried max_retries times, then its row is
+    quarantined with the error; a batch of only id and text still gets every output column."""
+    params = {"backend": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1", "model": "m",
+              "styles": ["easy", "qa"], "max_retries": 2, "backoff_s": 0.01, "checkpoint_dir": str(tmp_path)}
+    op = Rephrase(params)
+    out = op(pa.table({"id": ["a", "b"], "text": ["Some text about the river.", "Other text on bread."]}))
+    assert out.column("id").to_pylist() == ["a/easy", "a/qa", "b/easy", "b/qa"]
+    assert all(r.startswith("rephrase:request_failed chunk 0: ConnectError") for r in out.column(DROP_REASON).to_pylist())
+    c = op.counters(out)
+    assert (c["failed"], c["requests"], c["retries"], c["generations"]) == (4, 12, 8, 0)
+    assert checkpoint_lines(tmp_path) == []  # failures are not checkpointed: a rerun tries again
+
+
 # -- openai backend: a real transformers serve ------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """`transformers serve` on 127.0.0.1, in its own process group so it can be killed whole."""
 
