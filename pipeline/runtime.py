@@ -44,6 +44,18 @@ class TerminalOutput:
         self._log.close()
 
 
+def bind_loopback() -> None:
+    """Make a local Ray listen on and talk to 127.0.0.1 only. Ray otherwise replaces loopback with
+    the machine's routable address, even for a single-node run; nothing of a local run needs the
+    network. Ray's own switch for this is RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (read at import,
+    and passed on to the processes Ray starts), so it is set in the environment and, when ray was
+    imported earlier, on its constants module. A cluster (``--address``) is left as it is."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray._private.ray_constants as ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = False,
              progress: bool = True):
     """Connect to ``address`` (a cluster: ``auto`` or ``ray://...``) or start a local Ray.
@@ -63,7 +75,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         else:
             # "local": a Ray of our own, even when /tmp/ray/ray_current_cluster names another
             # process's cluster (plain ray.init() would join it)
-            ray.init(address="local", num_cpus=num_cpus, **kwargs)
+            bind_loopback()
+            try:
+                ray.init(address="local", num_cpus=num_cpus, **kwargs)
+            except Exception as e:  # noqa: BLE001 - Ray gives its raylet 30 s to register, hard-coded
+                if "timed out during startup" not in str(e):
+                    raise
+                ray.shutdown()  # a machine too busy to start it in time: one more try
+                ray.init(address="local", num_cpus=num_cpus, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress and not quiet
     ctx.print_on_execution_start = False

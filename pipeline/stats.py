@@ -241,13 +241,16 @@ class Display:
         title = f"{elapsed:.0f}s elapsed" + (f", ETA {eta:.0f}s" if eta is not None else "")
         if self.total_units:
             title += f" ({self.units_done}/{self.total_units} input units)"
-        t = Table(title=title, title_justify="left", box=None, pad_edge=False)
+        from rich.console import Group
+        from rich.text import Text
+
+        t = Table(box=None, pad_edge=False)
         for col in ("step", "in", "out", "dropped", "docs/s"):
             t.add_column(col, justify="left" if col == "step" else "right")
         for s in self.steps:
             i, o = self.counts[s]
             t.add_row(s, f"{i:,}", f"{o:,}", f"{max(i - o, 0):,}", f"{i / max(elapsed, 1e-9):,.0f}")
-        return t
+        return Group(Text(f"[gristmill] {title}"), t)
 
     def refresh(self) -> None:
         if self.live is not None:

@@ -185,3 +185,14 @@ def test_python_entry_point_one_file_split_over_workers_reuses_ray(ray_session, 
         assert 0 <= s["busy_s"] and 0 < s["wall_s"] <= s["segment_wall_s"] + 1e-3
     again = pipeline.run(spec, workers=2, quiet=True)
     assert again["ran"] == [] and {s["status"] for s in again["steps"]} == {"skipped"}
+    # the CLI says so, reads nothing and starts no Ray; the first line names the log file
+    import yaml
+
+    path = tmp_path / "nb.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(path)], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith(f"[gristmill] log: {tmp_path / 'nb-w2' / 'gristmill.log'}")
+    assert "nothing to run" in proc.stdout and "docs read" not in proc.stdout
+    assert "ray" not in (tmp_path / "nb-w2" / "gristmill.log").read_text().lower()  # Ray never started
