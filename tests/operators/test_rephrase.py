@@ -363,3 +363,14 @@ def test_vllm_backend_on_a_gpu(smol_path, tmp_path):
     out = op(table())
     assert out.num_rows == 3 and all(len(t.split()) >= 5 for t in out.column("text").to_pylist())
     assert op.counters(out)["generations"] == 3
+
+
+def test_wrap_recipe_validates():
+    from pipeline.recipe import load_recipe
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    loaded = load_recipe(os.path.join(root, "recipes", "wrap.yaml"), check_inputs=False)
+    synth = loaded.params["synth"]
+    assert synth.styles == ["easy", "medium", "hard", "qa"] and synth.max_chunk_tokens == 300
+    assert os.path.isabs(synth.checkpoint_dir) and synth.checkpoint_dir.endswith("out/wrap/_checkpoints/synth")
+    assert loaded.inputs_of("tok") == ["dedup", "synth_share"]
