@@ -635,15 +635,29 @@ def curve(run: Run, step: str, param: str, df: pl.DataFrame | None = None, point
             values = np.unique(np.linspace(lo, hi, points))
             if df[mine[0].column].dtype.is_integer():
                 values = np.unique(np.round(values))
-    scores = {r.column: _np(df[r.column]) for r in rules if r.is_cut}
-    kept, reason = df["_kept"].to_numpy(), rule_positions(rules, df["_reason"])  # positions: once
-    tokens = df["n_tokens"].to_numpy() if "n_tokens" in df.columns and df["n_tokens"].null_count() < len(df) else None
+    # what decide() does, with everything but this parameter's cuts computed once: rows that pass
+    # the other cuts and were not dropped by a non-cut rule are the only ones the value can keep
+    pos = rule_positions(rules, df["_reason"])
+    cut_index = np.array([i for i, r in enumerate(rules) if r.is_cut], dtype=np.int64)
+    opaque_index = np.array([i for i, r in enumerate(rules) if not r.is_cut], dtype=np.int64)
+    last_opaque = opaque_index.max() if len(opaque_index) else -1
+    open_after = np.isin(pos, cut_index) & (pos < last_opaque)
+    base = ~((pos == -1) | np.isin(pos, opaque_index))
+    for r in rules:
+        if r.is_cut and r.param != param:
+            base &= ~r.drops(_np(df[r.column]))
+    idx = np.flatnonzero(base)
+    mine_scores = [(r, _np(df[r.column])[idx]) for r in mine]
+    open_b = open_after[idx]
+    tokens = df["n_tokens"].to_numpy()[idx] if "n_tokens" in df.columns and df["n_tokens"].null_count() < len(df) else None
     rows = []
     for v in values:
         v = v.item() if hasattr(v, "item") else v
-        new = [Rule(r.reason, r.param, r.column, r.op, v if r.param == param else r.value, r.null_drops) for r in rules]
-        keep, unknown = decide(rules, new, kept, reason, scores)
-        rows.append({"value": float(v), "docs": int(keep.sum()), "docs_unknown": int(unknown.sum()),
+        fails = np.zeros(len(idx), bool)
+        for r, sc in mine_scores:
+            fails |= r.drops(sc, v)
+        keep = ~fails & ~open_b
+        rows.append({"value": float(v), "docs": int(keep.sum()), "docs_unknown": int((~fails & open_b).sum()),
                      "tokens": int(tokens[keep].sum()) if tokens is not None else None})
     return pl.DataFrame(rows, schema={"value": pl.Float64, "docs": pl.Int64, "docs_unknown": pl.Int64, "tokens": pl.Int64})
 
