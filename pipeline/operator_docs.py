@@ -11,6 +11,7 @@ import types
 import typing
 from typing import Any, Literal
 
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from operators.base import Operator
@@ -56,7 +57,17 @@ def allowed_values(annotation: Any) -> list:
     return [v for a in typing.get_args(annotation) for v in allowed_values(a)]
 
 
-def param_rows(params_cls) -> list[dict]:
+def _nested_models(annotation: Any) -> list[type[BaseModel]]:
+    """Pydantic models inside an annotation (`UniMax | None`, `list[Phase]`): their fields are
+    parameters too."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for a in typing.get_args(annotation) for m in _nested_models(a)]
+
+
+def param_rows(params_cls, prefix: str = "", _seen: frozenset = frozenset()) -> list[dict]:
+    """One row per parameter; a nested model's fields follow it as `outer.inner` (`outer[].inner`
+    inside a list)."""
     rows = []
     for name, f in params_cls.model_fields.items():
         if f.is_required():
@@ -65,9 +76,14 @@ def param_rows(params_cls) -> list[dict]:
             default = json.dumps(f.default_factory(), default=str)
         else:
             default = json.dumps(f.default, default=str)
-        rows.append({"name": name, "type": type_name(f.annotation), "default": default,
+        rows.append({"name": prefix + name, "type": type_name(f.annotation), "default": default,
                      "range": value_range(f), "allowed": allowed_values(f.annotation),
                      "description": f.description or ""})
+        is_list = typing.get_origin(f.annotation) is list or any(
+            typing.get_origin(a) is list for a in typing.get_args(f.annotation))
+        for model in _nested_models(f.annotation):
+            if model not in _seen:  # a model that contains itself is listed once
+                rows += param_rows(model, f"{prefix}{name}{'[]' if is_list else ''}.", _seen | {model})
     return rows
 
 
@@ -122,7 +138,8 @@ def describe_operator(cls: type[Operator], width: int | None = None) -> str:
     rows = param_rows(cls.Params)
     out.append("params:" if rows else "params: none")
     for row in rows:
-        head = f"  {row['name']}: {row['type']}, default {row['default']}"
+        head = f"  {row['name']}: {row['type']}, " + (
+            "required" if row["default"] == "required" else f"default {row['default']}")
         if row["range"]:
             head += f", {row['range']}"
         out.append(head)

@@ -271,3 +271,28 @@ def test_register_checks_the_contract_with_a_fix():
 
     with pytest.raises(TypeError, match=r"needs must be a set of column names, e.g. \{'text'\}, not 'text'"):
         register(NeedsString)
+
+
+def test_ops_lists_nested_parameters_and_required_ones():
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    from operators.base import Operator, Params
+    from pipeline.operator_docs import describe_operator
+
+    class Phase(BaseModel):
+        share: float = Field(gt=0, le=1, description="this phase's share")
+        method: Literal["temperature", "unimax"] = "unimax"
+
+    class P(Params):
+        phases: list[Phase] | None = Field(None, description="ordered phases")
+
+    class Phased(Operator):
+        """Phased mixture (a documentation test double: never registered)."""
+        name, kind, Params = "phased_doc_only", "global", P
+
+    text = describe_operator(Phased)
+    assert "  phases: list[Phase] or null, default null\n      ordered phases" in text
+    assert "  phases[].share: float, required, > 0, <= 1\n      this phase's share" in text
+    assert '  phases[].method: one of "temperature", "unimax", default "unimax"' in text
