@@ -157,6 +157,13 @@ def cmd_what_if(args) -> int:
     return 0
 
 
+def cmd_shards(args) -> int:
+    from pipeline.megatron import format_shards
+
+    print(format_shards(args.dir, peek=args.peek, shard=args.shard))
+    return 0
+
+
 def add_report_commands(sub) -> None:
     p = sub.add_parser("report", help="one self-contained HTML file with the run's plots (works offline)")
     p.add_argument("out", help="the output dir of a finished run")
@@ -196,10 +203,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", default=".", help="folder to write NAME.py and test_NAME.py into (default: here)")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
     add_report_commands(sub)
+    p = sub.add_parser("shards", help="a mixture's manifest as tables, and a few documents decoded from a shard")
+    p.add_argument("dir", help="a <step>.shards directory, or a run's output dir holding one")
+    p.add_argument("--peek", type=int, default=2, help="documents to decode (default 2; 0: none)")
+    p.add_argument("--shard", help="shard prefix to peek into, relative to DIR (default: the first)")
     args = ap.parse_args(argv)
     try:
         return {"run": cmd_run, "validate": cmd_validate, "ops": cmd_ops,
-                "new-operator": cmd_new_operator, "report": cmd_report, "what-if": cmd_what_if}[args.cmd](args)
+                "new-operator": cmd_new_operator, "report": cmd_report, "what-if": cmd_what_if,
+                "shards": cmd_shards}[args.cmd](args)
     except RecipeError as e:
         print(str(e), file=sys.stderr)
         return 2

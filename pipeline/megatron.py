@@ -89,3 +89,96 @@ class IndexedShard:
     @property
     def num_tokens(self) -> int:
         return int(self.lengths.sum(dtype=np.int64))
+
+
+# -- `gristmill shards DIR` ----------------------------------------------------------------------
+def find_manifest_dir(path: str) -> str:
+    """DIR itself when it holds manifest.json, else the one `<step>.shards/` directory under it
+    (a run's output dir)."""
+    import glob
+    import os
+
+    if os.path.isfile(os.path.join(path, "manifest.json")):
+        return path
+    found = sorted(glob.glob(os.path.join(path, "*.shards", "manifest.json")))
+    if len(found) == 1:
+        return os.path.dirname(found[0])
+    if not found:
+        raise FileNotFoundError(f"{path}: no manifest.json here nor in a <step>.shards/ directory below it")
+    raise FileNotFoundError(f"{path}: several shard sets ({', '.join(os.path.dirname(f) for f in found)}); "
+                            "name one")
+
+
+def format_shards(path: str, peek: int = 2, shard: str | None = None, max_chars: int = 300) -> str:
+    """The manifest as tables (groups, phases, shards) and the first `peek` documents of a shard
+    decoded with the manifest's tokenizer (same resolution as the tokenize step)."""
+    import json
+    import os
+
+    root = find_manifest_dir(path)
+    with open(os.path.join(root, "manifest.json")) as f:
+        man = json.load(f)
+    tok = man.get("tokenizer", {})
+    lines = [f"{root}: {man.get('format', '')}",
+             f"tokenizer {tok.get('name')} (vocab {tok.get('vocab_size')}, sha256 {str(tok.get('sha256'))[:12]}), "
+             f"dtype {man.get('dtype')}, BOS {man.get('bos_id')}, EOS {man.get('eos_id')}, layout {man.get('layout')}, "
+             f"group_by {man.get('group_by')}, seed {man.get('seed')}",
+             "", f"{'group':<16} {'docs avail':>11} {'tokens avail':>13} {'tokens out':>12} {'epochs':>7} "
+             f"{'target w':>9} {'realized w':>10}"]
+    for g, v in man.get("groups", {}).items():
+        tw, rw = v.get("target_weight"), v.get("realized_weight")
+        lines.append(f"{g:<16} {v['docs_available']:>11,} {v['tokens_available']:>13,} {v['tokens_emitted']:>12,} "
+                     f"{v['epochs']:>7.3f} {'' if tw is None else f'{tw:.4f}':>9} "
+                     f"{'' if rw is None else f'{rw:.4f}':>10}")
+    phases = man.get("phases")
+    shard_lists = []
+    if phases:
+        lines += ["", f"{'phase':<10} {'method':<22} {'tokens':>12}  dir"]
+        for ph in phases:
+            lines.append(f"{ph['name']:<10} {ph['method']:<22} {ph['tokens_emitted']:>12,}  {ph['dir']}")
+            with open(os.path.join(root, ph["dir"], "manifest.json")) as f:
+                shard_lists += [dict(s, path=f"{ph['dir']}/{s['path']}") for s in json.load(f)["shards"]]
+    else:
+        shard_lists = man.get("shards", [])
+    lines += ["", f"{'shard':<40} {'docs':>9} {'tokens':>12}"]
+    for s in shard_lists:
+        lines.append(f"{s['path']:<40} {s['docs']:>9,} {s['tokens']:>12,}")
+    if man.get("data_path") and not phases:
+        lines += ["", "Megatron --data-path:",
+                  " ".join(w if i % 2 == 0 and man.get("blend") else os.path.join(root, w)
+                           for i, w in enumerate(man["data_path"].split()))]
+    for note in man.get("notes", []):
+        lines.append(f"note: {note}")
+    if peek and shard_lists:
+        target = shard or shard_lists[0]["path"]
+        ds = IndexedShard(os.path.join(root, target))
+        decode = _decoder(tok)
+        lines += ["", f"{target}: {len(ds):,} sequences, {ds.num_tokens:,} tokens ({ds.dtype.name}); "
+                      f"first {min(peek, len(ds))}:"]
+        for i in range(min(peek, len(ds))):
+            ids = ds[i]
+            text = decode(ids.tolist()) if decode else " ".join(map(str, ids[:40].tolist()))
+            text = text.replace("\n", " ")
+            lines.append(f"  [{i}] {len(ids)} tokens: {text[:max_chars]}{'...' if len(text) > max_chars else ''}")
+    return "\n".join(lines)
+
+
+def _decoder(tok_info: dict):
+    """A decode function from the tokenizer the manifest names, or None when it is not here."""
+    import os
+
+    try:
+        import tokenizers
+    except ImportError:
+        return None
+    name = tok_info.get("name") or ""
+    cache = os.environ.get("GRISTMILL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "gristmill"))
+    candidates = [name, os.path.join(cache, "tokenizers", str(tok_info.get("sha256", ""))[:24], "tokenizer.json")]
+    for c in candidates:
+        if c and c.endswith(".json") and os.path.isfile(c):
+            t = tokenizers.Tokenizer.from_file(c)
+            return lambda ids: t.decode(ids, skip_special_tokens=True)
+        if c and os.path.isdir(c) and os.path.isfile(os.path.join(c, "tokenizer.json")):
+            t = tokenizers.Tokenizer.from_file(os.path.join(c, "tokenizer.json"))
+            return lambda ids: t.decode(ids, skip_special_tokens=True)
+    return None

@@ -241,3 +241,17 @@ def test_large_vocabulary_gives_int32_shards(ray_session, tmp_path):
     i = docs.column("id").to_pylist().index("d3")
     assert ds[i].tolist() == [vocab[w] for w in rows["text"][3].split()] + [1]
     assert max(int(ds[k].max()) for k in range(len(ds))) > 65_535
+
+
+def test_shards_command_prints_the_manifest_and_decodes(engine_runs, capsys):
+    from pipeline.cli import main
+
+    data, runs = engine_runs
+    out = runs[2][0] / "out"
+    assert main(["shards", str(out), "--peek", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "sw" in printed and "uint16" in printed and "--data-path" in printed
+    first = json.loads((out / "mix.shards" / "manifest.json").read_text())["shards"][0]["path"]
+    doc_id = pq.read_table(out / "mix.shards" / (first + ".docs.parquet")).column("id")[0].as_py()
+    text = dict(zip(*[pq.read_table(data).column(c).to_pylist() for c in ("id", "text")]))[doc_id]
+    assert text[:60] in printed  # decoded from the .bin with the manifest's tokenizer
