@@ -23,6 +23,7 @@ import json
 import os
 import pathlib
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -89,11 +90,16 @@ def run_reference(table: pa.Table, budget: int, timeout: float) -> dict:
         with open(f"{tmp}/pool.json", "w") as f:
             json.dump(pool, f)
         t0 = time.perf_counter()
+        # its own process group: on a timeout its multiprocessing workers go too
+        proc = subprocess.Popen([sys.executable, str(REFERENCE), "--data_path", f"{tmp}/pool.json", "--save_path",
+                                 f"{tmp}/out.json", "--budget", str(budget)], cwd=tmp,
+                                stdout=subprocess.DEVNULL, start_new_session=True)
         try:
-            subprocess.run([sys.executable, str(REFERENCE), "--data_path", f"{tmp}/pool.json", "--save_path",
-                            f"{tmp}/out.json", "--budget", str(budget)], cwd=tmp, check=True, timeout=timeout,
-                           stdout=subprocess.DEVNULL)
+            if proc.wait(timeout=timeout):
+                raise RuntimeError(f"the reference exited with {proc.returncode}")
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             return {"did_not_finish_s": timeout}
         wall = time.perf_counter() - t0
         with open(f"{tmp}/out.json") as f:
