@@ -127,9 +127,10 @@ def cmd_new_operator(args) -> int:
     module, test = paths
     print(f"wrote {module} and {test}\n"
           f"  test it:   pytest {test}\n"
-          f"  use it:    add `plugins: [{os.path.relpath(module)}]` to a recipe (a path relative to the recipe, "
-          f"or the module name {args.name} when the file sits next to the recipe)\n"
-          f"  see it:    gristmill ops {args.name} --plugins {os.path.relpath(module)}")
+          f"  use it:    list it under a recipe's `plugins:` by its path relative to the recipe (for a recipe in "
+          f"{os.path.dirname(os.path.abspath(module))}: `plugins: [{args.name}.py]` or the module name "
+          f"`plugins: [{args.name}]`)\n"
+          f"  see it:    gristmill ops {args.name} --plugins {module}")
     return 0
 
 
