@@ -101,7 +101,8 @@ class Rephrase(Operator):
       is rephrased alone, the chunks are rejoined with a blank line per document and style;
     - a synthetic row has `id` = `<id>/<style>`, `source_id`, `synthetic_style`,
       `synthetic_model`, `synthetic_tokens` (tokens generated), the generated `text`, and the
-      source's other columns; the source rows are not returned (a recipe keeps them on another
+      source's other columns (`html`, `n_tokens`, `token_ids` as nulls: they describe the
+      source's text); the source rows are not returned (a recipe keeps them on another
       branch and mixes both with a union or `mixture`);
     - preambles ("Here is a paraphrase:", "Sure! ...", "Adequate rephrasing:") are stripped;
     - quarantined with drop_reason `rephrase:<why>` (the first chunk that fails names the row):
