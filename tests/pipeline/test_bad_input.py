@@ -453,3 +453,24 @@ def test_engine_units_of_damaged_parquet_are_quarantined(tmp_path):
                                              ("zero.parquet", None)]
     rows = [r for u in units for t in read_unit(spec, u) for r in t.to_pylist()]
     assert kept(rows) == ["a", "b"] and [r.split(":")[1] for r in reasons(rows)] == ["corrupt_parquet cut.parquet"]
+
+
+def test_a_write_failing_mid_step_leaves_no_step_marked_complete(ray_session, tmp_path):
+    """Stands in for a full disk: every write under rejected/ fails (`rejected` is a file) while the
+    step runs. The run fails with an error naming the problem; no step is marked complete; once
+    the location is fixed, the rerun completes."""
+    from pipeline.executor import RunOptions, run_recipe
+    from pipeline.recipe import load_recipe
+
+    (tmp_path / "in.jsonl").write_bytes(jsonl(GOOD + [{"id": "short", "text": "tiny"}]))
+    p = tmp_path / "r.yaml"
+    p.write_text(f"name: full\ninput: {{format: jsonl, paths: ['{tmp_path}/in.jsonl']}}\noutput: {tmp_path}/out\n"
+                 "steps:\n  - {id: len, op: length_filter, params: {min_chars: 10}}\n  - {id: dedup, op: exact_dedup}\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "rejected").write_text("not a directory")
+    with pytest.raises(Exception, match="rejected"):
+        run_recipe(load_recipe(str(p)), RunOptions(output=str(tmp_path / "out"), quiet=True))
+    assert not list((tmp_path / "out").glob("*/_COMPLETE.json"))
+    (tmp_path / "out" / "rejected").unlink()
+    stats = run_recipe(load_recipe(str(p)), RunOptions(output=str(tmp_path / "out"), quiet=True))
+    assert stats["invariant_ok"] and (tmp_path / "out" / "dedup" / "_COMPLETE.json").exists()
