@@ -81,13 +81,21 @@ def peek_columns(path: str, fmt: str, text_col: str | None = None) -> set[str] |
             raise ValueError(f"column {text_col!r} is {schema.field(text_col).type}, not text; "
                              "set input.text_column to the column holding the documents")
         return set(schema.names)
-    with open_input(path) as f:
-        for line in _lines(f):
-            if line.strip():
-                rec = json.loads(line)
-                if not isinstance(rec, dict):
-                    raise ValueError("first line is not a JSON object")
-                return set(rec)
+    # the first record that is a JSON object; damaged stretches and bad lines are skipped here
+    # (the reader quarantines them), so one bad line or a truncated file does not stop the run
+    bad = 0
+    for ev, _, payload in _line_events(_decompressed(path), MAX_RECORD_BYTES):
+        if ev != "line" or not payload.strip():
+            continue
+        try:
+            rec = json.loads(payload)
+        except ValueError:
+            rec = None
+        if isinstance(rec, dict):
+            return set(rec)
+        bad += 1
+        if bad >= 100:
+            raise ValueError("none of its first 100 lines is a JSON object")
     return None
 
 

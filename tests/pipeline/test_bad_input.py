@@ -474,3 +474,17 @@ def test_a_write_failing_mid_step_leaves_no_step_marked_complete(ray_session, tm
     (tmp_path / "out" / "rejected").unlink()
     stats = run_recipe(load_recipe(str(p)), RunOptions(output=str(tmp_path / "out"), quiet=True))
     assert stats["invariant_ok"] and (tmp_path / "out" / "dedup" / "_COMPLETE.json").exists()
+
+
+def test_a_damaged_first_file_does_not_stop_validation(tmp_path):
+    from pipeline.recipe import load_recipe
+
+    data = gzip.compress(jsonl([b"{oops"] + GOOD * 100))
+    (tmp_path / "a.jsonl.gz").write_bytes(data[: len(data) // 2])
+    p = tmp_path / "r.yaml"
+    p.write_text(f"name: d\ninput: {{format: jsonl, paths: ['{tmp_path}/*.jsonl.gz']}}\noutput: {tmp_path}/out\n"
+                 "steps:\n  - {id: len, op: length_filter}\n")
+    assert load_recipe(str(p)).recipe.name == "d"
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(b"[1]\n" * 200))
+    rc, msg = _validate(tmp_path, f"{{format: jsonl, paths: ['{tmp_path}/a.jsonl.gz']}}")
+    assert rc == 2 and "none of its first 100 lines is a JSON object" in msg
