@@ -486,6 +486,9 @@ def read_file_batches(path: str, key: str, fmt: str, batch_rows: int, id_col: st
         for t in read_warc_batches(path, fmt=fmt, batch_rows=batch_rows, id_prefix=key):
             if DROP_REASON not in t.column_names:
                 t = set_column(t, DROP_REASON, pa.nulls(t.num_rows, pa.string()))
+            if fmt == "wet":  # the per-document size guard (WARC pages: html_extract's max_page_bytes)
+                t = mark_dropped(t, pc.greater(pc.binary_length(t.column("text")), MAX_RECORD_BYTES),
+                                 f"input:too_large (> {MAX_RECORD_BYTES} bytes) in {key}")
             yield t
     else:
         raise ValueError(f"unknown input format {fmt!r}")

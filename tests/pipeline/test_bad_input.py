@@ -488,3 +488,16 @@ def test_a_damaged_first_file_does_not_stop_validation(tmp_path):
     (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(b"[1]\n" * 200))
     rc, msg = _validate(tmp_path, f"{{format: jsonl, paths: ['{tmp_path}/a.jsonl.gz']}}")
     assert rc == 2 and "none of its first 100 lines is a JSON object" in msg
+
+
+def test_wet_record_over_the_size_guard(tmp_path, monkeypatch):
+    from tests.pipeline.test_warc import _record  # noqa: PLC0415
+
+    import pipeline.io
+
+    monkeypatch.setattr(pipeline.io, "MAX_RECORD_BYTES", 1000)  # the guard, lowered to prove it
+    recs = [_record("a", b"short text", wtype="conversion", http=False),
+            _record("b", b"long text " * 200, wtype="conversion", http=False)]
+    (tmp_path / "x.warc.wet.gz").write_bytes(b"".join(gzip.compress(r) for r in recs))
+    rows = read(tmp_path / "x.warc.wet.gz", "wet")
+    assert kept(rows) == ["fa"] and reasons(rows) == ["input:too_large (> 1000 bytes) in f"]
