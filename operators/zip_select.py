@@ -401,23 +401,26 @@ class ZipSelect(Operator):
                   for g in sorted(set(prepared.column(GROUP).to_pylist()))]
         return _mark(table, pa.concat_tables([_EMPTY_CHOSEN, *chosen]))
 
-    def _tasks_per_group(self, ds, ctx) -> int:
+    def _layout(self, ds, ctx) -> tuple[int, int]:
+        """(shuffle partitions, stage-1 scoring tasks per group). Partitions: one per ~64 MB of
+        input, but at least one per group up to twice the workers, so groups run side by side;
+        tasks: the workers left per group. Only the number of groups reaches the driver."""
         import ray
 
+        p = self.params
         cpus = int(ray.cluster_resources().get("CPU", 1))
         if ctx.max_workers:
             cpus = min(cpus, ctx.max_workers)
-        groups = len(ds.unique(self.params.group_by)) if self.params.group_by else 1
-        return max(1, cpus // max(groups, 1))
+        groups = len(ds.unique(p.group_by)) if p.group_by else 1
+        parts = max(ctx.num_partitions(nbytes=ds.size_bytes()), min(groups, 2 * cpus)) if p.group_by else 1
+        return parts, p.scoring_tasks or max(1, cpus // max(groups, 1))
 
     def run(self, ds, ctx):
         p = self.params
         self._check_columns(ds.schema().names)
         bs = self.resources.batch_size
         prepared = ds.map_batches(_prepare, fn_args=(p,), batch_format="pyarrow", batch_size=bs)
-        # one partition per ~64 MB of input (each costs an aggregator process), one if ungrouped
-        parts = ctx.num_partitions(nbytes=ds.size_bytes()) if p.group_by else 1
-        tasks = p.scoring_tasks or self._tasks_per_group(ds, ctx)
+        parts, tasks = self._layout(ds, ctx)
         chosen = (prepared.groupby(GROUP, num_partitions=parts)
                   .map_groups(_select_on_worker, fn_args=(p, tasks), batch_format="pyarrow")
                   .materialize())
