@@ -200,7 +200,12 @@ def dedup_table(out: str | Run) -> list[dict]:
         names = set(pq.ParquetFile(rej[0]).schema_arrow.names)
         group = "language" if "language" in names else ("source" if "source" in names else None)
         cols = ["dup_of", "drop_reason"] + ([group] if group else [])
-        d = pl.scan_parquet(rej).select(cols).filter(pl.col("dup_of").is_not_null()).collect()
+        # rows this step dropped as duplicates (later steps carry the column along, with their own reasons)
+        d = (pl.scan_parquet(rej).select(cols)
+             .filter(pl.col("dup_of").is_not_null() & pl.col("drop_reason").str.starts_with(f"{run.ops.get(step)}:"))
+             .collect())
+        if not len(d):
+            continue
         by_group = (d.group_by(pl.col(group).cast(pl.String).fill_null("(none)").alias("group")).len("duplicates")
                     .sort("duplicates", descending=True) if group else
                     pl.DataFrame({"group": ["all"], "duplicates": [len(d)]}))
@@ -492,7 +497,7 @@ def _dedup_section(run: Run) -> str:
         parts.append(_fig_html(fig, f"plot-dedup-groups-{d['step']}"))
         fig = Fig([_barkw(x=sizes["size"].to_list(), y=sizes["clusters"].to_list(), name="clusters")])
         fig.update(title=f"{d['step']}: duplicate clusters by size (kept document + its duplicates)", height=300,
-                          xaxis_title="cluster size", yaxis_title="clusters", yaxis_type="log")
+                          xaxis_title="cluster size", yaxis_title="clusters", xaxis_dtick=1)
         parts.append(_fig_html(fig, f"plot-dedup-sizes-{d['step']}"))
     return "".join(parts) or '<p class="empty">No dedup step in this run.</p>'
 
