@@ -51,6 +51,15 @@ class Method(Params):
         return self
 
     def label(self) -> str:
+        extra = ""
+        if getattr(self, "group_share", None) is not None:
+            gs = self.group_share
+            extra = f", {gs.share:.0%} to {'all but ' if gs.exclude else ''}{'/'.join(gs.groups)}"
+        if getattr(self, "boost", None) is not None:
+            extra = f", x{self.boost.factor:g} for {'/'.join(self.boost.groups)}"
+        return self._label() + extra
+
+    def _label(self) -> str:
         if self.weights is not None:
             return "weights"
         if self.temperature is not None:
@@ -60,9 +69,51 @@ class Method(Params):
         return "natural"
 
 
+class GroupShare(Params):
+    """`share` of the phase's tokens go to the groups `groups` selects (or all but them with
+    `exclude`), each side split in proportion to the groups' tokens."""
+
+    groups: list[str]
+    exclude: bool = False
+    share: float = Field(..., ge=0, le=1)
+
+
+class Boost(Params):
+    groups: list[str]
+    factor: float = Field(..., gt=0)
+
+
 class Phase(Method):
     share: float = Field(..., gt=0, le=1, description="this phase's share of total_tokens")
     name: str | None = None
+    group_share: GroupShare | None = Field(None, description="a share of the phase for a set of groups")
+    boost: Boost | None = Field(None, description="natural (or temperature) weights x factor for these groups")
+
+
+def _selector(spec: dict, group_by: str) -> tuple[list[str], bool]:
+    """{language_not: en} / {language: [fr, de]} -> (groups, exclude); the key names group_by."""
+    if len(spec) != 1:
+        raise ValueError(f"give one selector like {{{group_by}: [a, b]}} or {{{group_by}_not: a}}, not {spec}")
+    (key, val), = spec.items()
+    exclude = key.endswith("_not")
+    col = key[:-4] if exclude else key
+    if col != group_by:
+        raise ValueError(f"selector {key!r} names column {col!r} but the mixture groups by {group_by!r}")
+    return ([val] if isinstance(val, str) else [str(v) for v in val]), exclude
+
+
+class Curriculum(Params):
+    share_of: dict[str, str | list[str]] = Field(..., description="e.g. {language_not: en}")
+    from_: float = Field(..., alias="from", ge=0, le=1)
+    to: float = Field(..., ge=0, le=1)
+    phases: int = Field(3, ge=2)
+    model_config = {**Params.model_config, "populate_by_name": True}
+
+
+class Final(Params):
+    fraction: float = Field(..., gt=0, lt=1, description="share of the budget for the last phase")
+    upsample: dict[str, str | list[str]] = Field(..., description="e.g. {source: [wiki, code]}")
+    factor: float = Field(3.0, gt=0)
 
 
 class MixtureParams(Method):
@@ -77,9 +128,19 @@ class MixtureParams(Method):
     tokenizer: str = Field(DEFAULT_TOKENIZER, description="the tokenizer `tokenize` used (manifest, dtype)")
     seed: int | None = Field(None, description="draws and shuffles (default: the recipe's seed)")
     phases: list[Phase] | None = Field(None, description="ordered phases, each with its share and method")
+    curriculum: Curriculum | None = Field(None, description="PolyLM: a set's share from -> to over N phases")
+    temperatures: list[float] | None = Field(None, description="Cooldown: one phase per temperature")
+    final: Final | None = Field(None, description="an end-of-training phase upsampling some groups")
 
     @model_validator(mode="after")
     def _phases(self):
+        shorthands = [k for k in ("phases", "curriculum", "temperatures") if getattr(self, k)]
+        if len(shorthands) > 1:
+            raise ValueError(f"give one of phases / curriculum / temperatures, not {' and '.join(shorthands)}")
+        if self.curriculum:
+            _selector(self.curriculum.share_of, self.group_by)
+        if self.final:
+            _selector(self.final.upsample, self.group_by)
         if self.phases:
             if any(getattr(self, k) is not None for k in ("weights", "temperature", "unimax")):
                 raise ValueError("with phases, give the method inside each phase, not at the top")
@@ -90,9 +151,28 @@ class MixtureParams(Method):
         return self
 
     def phase_list(self) -> list[Phase]:
+        """The schedule, shorthands expanded; `final` takes its fraction off the end."""
+        head = 1.0 - (self.final.fraction if self.final else 0.0)
         if self.phases:
-            return list(self.phases)
-        return [Phase(share=1.0, weights=self.weights, temperature=self.temperature, unimax=self.unimax)]
+            phases = [p.model_copy(update={"share": p.share * head}) for p in self.phases]
+        elif self.curriculum:
+            c = self.curriculum
+            groups, exclude = _selector(c.share_of, self.group_by)
+            phases = [Phase(share=head / c.phases, name=f"phase {k}", temperature=self.temperature,
+                            group_share=GroupShare(groups=groups, exclude=exclude,
+                                                   share=c.from_ + (c.to - c.from_) * k / (c.phases - 1)))
+                      for k in range(c.phases)]
+        elif self.temperatures:
+            phases = [Phase(share=head / len(self.temperatures), temperature=t, name=f"T={t:g}")
+                      for t in self.temperatures]
+        else:
+            phases = [Phase(share=head, weights=self.weights, temperature=self.temperature, unimax=self.unimax)]
+        if self.final:
+            groups, _ = _selector(self.final.upsample, self.group_by)
+            last_t = self.temperatures[-1] if self.temperatures else self.temperature
+            phases.append(Phase(share=self.final.fraction, name="final", temperature=last_t,
+                                boost=Boost(groups=groups, factor=self.final.factor)))
+        return phases
 
 
 # -- planning (driver side, sizes = number of groups) ----------------------------------------
@@ -121,8 +201,22 @@ def method_weights(method: Method, available: dict[str, float]) -> dict[str, flo
         raw = {g: float(available[g]) ** (1.0 / method.temperature) for g in groups}
     else:
         raw = {g: float(available[g]) for g in groups}
+    boost = getattr(method, "boost", None)
+    if boost is not None:
+        raw = {g: w * (boost.factor if g in boost.groups else 1.0) for g, w in raw.items()}
     s = sum(raw.values())
-    return {g: raw[g] / s for g in groups}
+    weights = {g: raw[g] / s for g in groups}
+    gs = getattr(method, "group_share", None)
+    if gs is not None:
+        inside = [g for g in groups if (g in gs.groups) != gs.exclude]
+        outside = [g for g in groups if g not in inside]
+        if not inside or not outside:
+            raise MixtureError(f"group_share: the selection {gs.groups} (exclude={gs.exclude}) leaves one side "
+                               f"empty among {groups}")
+        w_in, w_out = sum(weights[g] for g in inside), sum(weights[g] for g in outside)
+        weights = {g: (gs.share * weights[g] / w_in if g in inside else (1 - gs.share) * weights[g] / w_out)
+                   for g in groups}
+    return weights
 
 
 def capped_targets(weights: dict[str, float], budget: float, caps: dict[str, float], redistribute: bool,
@@ -495,8 +589,8 @@ class Mixture(Operator):
             summaries.append(sorted(written.take_all(), key=lambda r: r["shard"]))
         manifests = []
         for i, ph in enumerate(phases):
-            man = phase_manifest(ph, summaries[i], names, docs, available, p)
             sub = f"phase_{i:02d}/" if len(phases) > 1 else ""
+            man = phase_manifest(ph, summaries[i], names, docs, available, p, sub)
             if sub:
                 store.write_json(f"{root}/{sub}manifest.json", man)
             manifests.append(man)
@@ -513,12 +607,12 @@ def params_hash(p: MixtureParams, seed: int, tok_sha: str) -> str:
 
 
 def phase_manifest(ph: dict, summary: list[dict], names: dict, docs: dict, available: dict,
-                   p: MixtureParams) -> dict:
+                   p: MixtureParams, sub: str = "") -> dict:
     """What one phase's shard sets hold, read from what the workers wrote."""
     shards, emitted_tok, emitted_docs = [], {}, {}
     for r in summary:
         per = json.loads(r["groups"])
-        shards.append({"path": names[r["shard"]], "tokens": int(r["tokens"]), "docs": int(r["docs"]),
+        shards.append({"path": names[r["shard"]][len(sub):], "tokens": int(r["tokens"]), "docs": int(r["docs"]),
                        "groups": {g: {"docs": v[0], "tokens": v[1]} for g, v in per.items()}})
         for g, (d, t) in per.items():
             emitted_tok[g] = emitted_tok.get(g, 0) + t
@@ -536,7 +630,7 @@ def phase_manifest(ph: dict, summary: list[dict], names: dict, docs: dict, avail
     if p.layout == "per_group":
         for s in shards:
             blend.append([round(s["tokens"] / total, 8), s["path"]])
-    # prefixes relative to the shard directory (the manifest does not depend on where the run
+    # prefixes relative to the manifest's directory (the manifest does not depend on where the run
     # wrote); `gristmill shards DIR` prints them with DIR in front
     data_path = " ".join(f"{w} {pre}" for w, pre in blend) if blend else " ".join(s["path"] for s in shards)
     return {"phase": ph["name"], "method": ph["method"], "budget_tokens": round(ph["budget"]),

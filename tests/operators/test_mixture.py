@@ -255,3 +255,59 @@ def test_shards_command_prints_the_manifest_and_decodes(engine_runs, capsys):
     doc_id = pq.read_table(out / "mix.shards" / (first + ".docs.parquet")).column("id")[0].as_py()
     text = dict(zip(*[pq.read_table(data).column(c).to_pylist() for c in ("id", "text")]))[doc_id]
     assert text[:60] in printed  # decoded from the .bin with the manifest's tokenizer
+
+
+# -- schedules (phases) ------------------------------------------------------------------------------
+PHASED = ("{group_by: language, curriculum: {share_of: {language_not: en}, from: 0.3, to: 0.6, phases: 3}, "
+          "total_tokens: 30000, max_epochs: 2, redistribute: true, layout: mixed, shard_tokens: 5000}")
+
+
+def test_curriculum_phases(ray_session, tmp_path):
+    """PolyLM-style curriculum: per phase the non-English share is within 1% of its target,
+    epoch caps hold over the whole schedule, phases load in megatron-core, 1 vs 2 workers are
+    byte-identical."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    data = corpus(tmp_path)
+    roots = {}
+    for workers in (2, 1):
+        d = tmp_path / f"w{workers}"
+        d.mkdir()
+        r = recipe(d, data, PHASED)
+        stats = run_recipe(load_recipe(r), RunOptions(output=str(d / "out"), max_workers=workers, quiet=True))
+        assert stats["invariant_ok"]
+        roots[workers] = d / "out" / "mix.shards"
+    assert digest(roots[1]) == digest(roots[2])
+    root = roots[2]
+    schedule = json.loads((root / "schedule.json").read_text())
+    top = json.loads((root / "manifest.json").read_text())
+    assert [p["dir"] for p in schedule["phases"]] == ["phase_00", "phase_01", "phase_02"]
+    copies: dict[str, int] = {}
+    start = 0
+    for k, (ph, want) in enumerate(zip(schedule["phases"], (0.3, 0.45, 0.6))):
+        assert ph["token_range"][0] == start
+        start = ph["token_range"][1]
+        man = json.loads((root / ph["dir"] / "manifest.json").read_text())
+        emitted = {g: v["tokens_emitted"] for g, v in man["groups"].items()}
+        budget = 10000
+        non_en = sum(v for g, v in emitted.items() if g != "en")
+        assert abs(non_en - want * budget) <= 0.01 * budget, (k, non_en)
+        for g, v in man["groups"].items():
+            assert abs(v["tokens_emitted"] - v["tokens_target"]) <= 0.01 * budget, (k, g)
+        for s in man["shards"]:
+            prefix = str(root / ph["dir"] / s["path"])
+            assert len(IndexedDataset(prefix)) == s["docs"]
+            ids = pq.read_table(prefix + ".docs.parquet").column("id").to_pylist()
+            for i in ids:
+                copies[i] = copies.get(i, 0) + 1
+        # within a phase, no document of a group repeats before all of the group was used once
+        docs = pa.concat_tables([pq.read_table(str(root / ph["dir"] / s["path"]) + ".docs.parquet")
+                                 for s in man["shards"]])
+        for g, v in man["groups"].items():
+            gd = pc.value_counts(docs.filter(pc.equal(docs.column("group"), g)).column("id"))
+            if len(gd) and gd.field("counts").to_numpy().max() > 1:
+                assert len(gd) == v["docs_available"], (k, g)
+    assert max(copies.values()) <= 2  # max_epochs over the whole schedule, per document
+    for g, v in top["groups"].items():
+        assert v["tokens_emitted"] <= 2 * v["tokens_available"]
+    assert "phases" in top and len(top["phases"]) == 3
