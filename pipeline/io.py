@@ -1,7 +1,8 @@
 """Readers (Parquet, JSONL[.gz|.zst], WARC/WET) and the deterministic Parquet writer.
 
 Readers run as Ray tasks, one input file each, and yield Arrow batches of `batch_rows`; every
-batch has `id` and `text`. An input without ids gets `<file>:<row>` ids (deterministic).
+batch has `id` and `text`. An input without ids gets deterministic ids: `<file>:<line>` for JSONL
+(1-based line, as in the messages), `<file>:<row>` for Parquet (0-based row, as in its messages).
 Bad records become rows with `drop_reason` "input:..." (quarantined, counted, written to
 rejected/read/), never a crash mid-run and never silently lost.
 """
@@ -454,6 +455,8 @@ def read_jsonl_batches(path: str, key: str, batch_rows: int, id_col: str, text_c
                 bad = f"input:duplicate_id {row['id'][:80]!r} at {where} (first at line {was})"
             else:
                 seen_ids[row["id"]] = lineno
+        if row["id"] is None:  # generated ids name the same 1-based line as the messages do
+            row["id"] = f"{key}:{lineno}"
         row[DROP_REASON] = bad
         rows.append(row)
         if len(rows) >= batch_rows:

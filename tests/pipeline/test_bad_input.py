@@ -149,18 +149,18 @@ def test_bad_records_are_quarantined_with_line_and_reason(tmp_path):
     rows = read(p)
     assert kept(rows) == ["g0", "g1", "pair", "g2"]
     got = {r["id"]: r["drop_reason"] for r in rows if r["drop_reason"]}
-    assert got["f:1"].startswith("input:invalid_json at line 2 of f")
+    assert got["f:2"].startswith("input:invalid_json at line 2 of f")
     assert got["n"] == "input:text_not_string (int) at line 3 of f"
     assert got["l"] == "input:text_not_string (list) at line 4 of f"
     assert got["o"] == "input:text_not_string (dict) at line 5 of f"
     assert got["z"] == "input:missing_text"
     assert got["nul"] == "input:nul_byte at line 8 of f"
-    assert got["f:8"].startswith("input:invalid_json at line 9 of f: Invalid control character")
+    assert got["f:9"].startswith("input:invalid_json at line 9 of f: Invalid control character")
     assert got["sur"] == "input:lone_surrogate at line 10 of f"
-    assert got["f:11"].startswith("input:invalid_utf8 at line 12 of f")
+    assert got["f:12"].startswith("input:invalid_utf8 at line 12 of f")
     assert got["ws"] == "input:empty_text at line 13 of f"
     assert got["g0"] == "input:duplicate_id 'g0' at line 14 of f (first at line 1)"
-    assert got["f:15"].startswith("input:invalid_json at line 16 of f: not a JSON object but list")
+    assert got["f:16"].startswith("input:invalid_json at line 16 of f: not a JSON object but list")
     assert len(rows) == len(lines)  # every line accounted for
 
 

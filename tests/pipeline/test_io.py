@@ -49,8 +49,9 @@ def test_jsonl_compressions_and_quarantined_lines(tmp_path, suffix):
     assert len(t) == 5  # blank line skipped, everything else accounted for
     assert t[0]["id"] == "a" and t[0]["url"] == "http://x" and json.loads(t[0]["meta"]) == {"score": 3}
     assert t[0]["drop_reason"] is None
-    assert t[1]["drop_reason"].startswith("input:invalid_json at line 2 of k")
-    assert t[2]["id"] == "k:2" and t[2]["drop_reason"] is None
+    # generated JSONL ids carry the same 1-based line number as the messages
+    assert t[1]["id"] == "k:2" and t[1]["drop_reason"].startswith("input:invalid_json at line 2 of k")
+    assert t[2]["id"] == "k:3" and t[2]["drop_reason"] is None
     assert t[3]["drop_reason"] == "input:missing_text"
     assert t[4]["drop_reason"].startswith("input:invalid_json at line 6")
 
@@ -85,7 +86,7 @@ def test_real_jsonl_files(shared_data):
     dolma = read_all(shared_data / "peers" / "dolma" / "documents__000.json.gz", "jsonl")
     assert dolma.num_rows == 10 and dolma.column("id").null_count == 0
     dj = read_all(shared_data / "peers" / "data-juicer" / "demo-dataset-deduplication.jsonl.gz", "jsonl")
-    assert dj.num_rows == 14 and dj.column("id").to_pylist()[0] == "k:0"
+    assert dj.num_rows == 14 and dj.column("id").to_pylist()[0] == "k:1"  # 1-based line
 
 
 def test_real_warc_and_wet(shared_data):
