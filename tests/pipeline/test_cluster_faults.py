@@ -67,7 +67,10 @@ FAULT_OPS = textwrap.dedent("""\
 
 
 def _env(extra=None) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_health_check_period_ms": "1000",
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: both nodes and the driver use 127.0.0.1, never the
+    # machine's routable address (a failure test talks to loopback only)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "RAY_health_check_period_ms": "1000",
            "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3",
            "RAY_health_check_initial_delay_ms": "1000"}
     env.update(extra or {})
