@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import posixpath
 import re
@@ -342,13 +341,9 @@ def read_parquet_batches(path: str, key: str, batch_rows: int, id_col: str, text
     whose footer is unreadable is one quarantined row. Repeated ids are quarantined within what
     one call reads."""
     try:
-        if "://" in path:
-            fs, p = pafs.FileSystem.from_uri(path)
-            pf = pq.ParquetFile(fs.open_input_file(p))
-        elif os.path.getsize(path) == 0:
+        if "://" not in path and os.path.getsize(path) == 0:
             return  # a 0-byte file: zero rows (nothing to lose)
-        else:
-            pf = pq.ParquetFile(path)
+        pf = _parquet_file(path)
     except (pa.ArrowException, OSError) as e:
         log.error("%s: unreadable Parquet file: %s", key, e)
         yield _quarantined_file(key, f"input:corrupt_parquet {key}: {str(e)[:120]}")
