@@ -26,7 +26,8 @@ import pyarrow.compute as pc
 from operators.base import DROP_REASON, RunContext
 from pipeline import dag
 from pipeline.dag import SOURCE
-from pipeline.io import input_units, read_input, read_step_output, read_unit, text_bytes, write_dataset
+from pipeline.io import (_parquet_file, file_keys, input_units, read_input, read_step_output, read_unit, text_bytes,
+                         write_dataset)
 from pipeline.recipe import LoadedRecipe, expand_paths
 from pipeline.stats import (LEDGER, STATS, Display, Progress, batch_key, check_invariants, collect,
                             format_step_line, ledger_record)
@@ -77,7 +78,13 @@ class StepRunner:
                                    f"{docs_in}: filters mark rows with drop_reason instead of removing them")
             counters = self.op.counters(out) or None
         # the ledger key comes from the input ids: a generating step's output ids are new rows
-        key = batch_key(batch.column("id"))
+        ids = batch.column("id")
+        if self.op is None and DROP_REASON in batch.column_names:
+            # a reader's batch may repeat another's ids: the repeats are quarantined, and their
+            # drop_reason names their position, which keeps the two batches' keys apart
+            ids = pc.binary_join_element_wise(pc.cast(ids, pa.string()),
+                                              pc.fill_null(batch.column(DROP_REASON), ""), "\x1f")
+        key = batch_key(ids)
         return route(out, self.step_id, self.store_uri, self.write_rejected, docs_in, bytes_in,
                      time.perf_counter() - t0, key, counters, started)
 
@@ -105,7 +112,8 @@ class SegmentWorker:
 
     `steps` are (step_id, operator class or None, params, write_rejected, batch_size); a step
     without an operator routes what the reader produced (its quarantined rows). `source` says
-    how to read a unit: {"kind": "input", "spec": InputSpec} or {"kind": "parquet", "batch_rows": n}.
+    how to read a unit: {"kind": "input", "spec": InputSpec, "duplicates": DuplicateIds} or
+    {"kind": "parquet", "batch_rows": n}.
     """
 
     def __init__(self, steps: list[tuple], store_uri: str, source: dict):
@@ -126,12 +134,10 @@ class SegmentWorker:
 
     def _read(self, part):
         if self.source["kind"] == "input":
-            yield from read_unit(self.source["spec"], part)
+            yield from read_unit(self.source["spec"], part, self.source["duplicates"])
             return
-        import pyarrow.parquet as pq
-
         path, row_groups = part
-        pf = pq.ParquetFile(path)
+        pf = _parquet_file(path)
         for rb in pf.iter_batches(batch_size=self.source["batch_rows"], row_groups=row_groups):
             yield pa.Table.from_batches([rb])
 
@@ -192,6 +198,8 @@ class Executor:
         self.kinds = {s.id: loaded.operators[s.id].kind for s in self.steps}
         self.mats = dag.materialized(self.steps, self.kinds)
         self.store = Store(options.output)
+        self._dups = None  # the id pre-pass, run when a segment first reads the input
+        self.unique_ids: dict | None = None  # its summary, for stats.json
 
     @property
     def term(self):
@@ -251,7 +259,28 @@ class Executor:
 
     def _source(self):
         spec = self.loaded.recipe.input
-        return self._route(read_input(spec, self.files, self.opt.max_workers), SOURCE, True)
+        return self._route(read_input(spec, self.files, self.opt.max_workers, self._duplicate_ids()), SOURCE, True)
+
+    def _duplicate_ids(self):
+        """The input's id pre-pass (pipeline.unique_ids), run once, when a segment first reads
+        the input; reused from an earlier run on the same inputs."""
+        from pipeline.unique_ids import CHECKED_FORMATS, NONE, check_unique_ids
+
+        if self._dups is None:
+            spec = self.loaded.recipe.input
+            if getattr(spec, "unique_ids", "check") == "trust" or spec.format not in CHECKED_FORMATS:
+                self._dups = NONE
+                return self._dups
+            self._dups, summary = check_unique_ids(spec, self.files, file_keys(self.files), self.store,
+                                                   self.loaded.step_hash(SOURCE), self.opt.resume,
+                                                   self._cluster_cpus())
+            self.unique_ids = summary
+            if summary["reused"]:
+                self.say(f"[gristmill] ids: checked by an earlier run ({summary['duplicates']} repeated)")
+            else:
+                self.say(f"[gristmill] ids: {summary['ids']} given ids checked in {summary['wall_s']:.2f} s, "
+                         f"{summary['duplicates']} repeated (quarantined as input:duplicate_id)")
+        return self._dups
 
     def _plan(self, step_id: str, target: str):
         """Lazy dataset of `step_id`'s output: materialized steps other than the target are read
@@ -298,12 +327,11 @@ class Executor:
 
     def _start_pool(self, input_id: str, chain: list[str]):
         """Work units and a pool of SegmentWorkers for the chain, all started at once."""
-        import pyarrow.parquet as pq
         import ray
 
         steps = []
         if input_id == SOURCE:
-            source = {"kind": "input", "spec": self.loaded.recipe.input}
+            source = {"kind": "input", "spec": self.loaded.recipe.input, "duplicates": self._duplicate_ids()}
             units = input_units(self.loaded.recipe.input, self.files)
             steps.append((SOURCE, None, None, True, 1 << 62))
         else:
@@ -312,7 +340,7 @@ class Executor:
             units = []
             for p in self.store.list(input_id, ".parquet"):
                 path = self.store.full(p)
-                n_rg = pq.ParquetFile(path).metadata.num_row_groups
+                n_rg = _parquet_file(path).metadata.num_row_groups
                 units += [(path, [rg]) for rg in range(n_rg)] or [(path, [])]
         for sid in chain:
             res = self.loaded.resources[sid]
@@ -537,6 +565,8 @@ class Executor:
         stats = {"recipe": self.loaded.recipe.name, "recipe_path": self.loaded.path, "output": self.opt.output,
                  "wall_s": round(wall, 3), "steps": steps, "invariant_ok": not problems, "problems": problems,
                  "outputs": sorted(self.mats), "ran": [s for s, v in status.items() if v == "ran"]}
+        if self.unique_ids is not None:
+            stats["unique_ids"] = self.unique_ids
         self.store.write_json("stats.json", stats)
         if problems:
             raise RuntimeError("accounting invariant broken:\n" + "\n".join(problems))

@@ -4,7 +4,9 @@ Readers run as Ray tasks, one input file each, and yield Arrow batches of `batch
 batch has `id` and `text`. An input without ids gets deterministic ids: `<file>:<line>` for JSONL
 (1-based line, as in the messages), `<file>:<row>` for Parquet (0-based row, as in its messages).
 Bad records become rows with `drop_reason` "input:..." (quarantined, counted, written to
-rejected/read/), never a crash mid-run and never silently lost.
+rejected/read/), never a crash mid-run and never silently lost. Given ids repeated anywhere in a
+run's input are found by a pre-pass (pipeline.unique_ids) and quarantined by the reader that
+reads them; a reader called on its own checks within its file.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from operators.base import DROP_REASON, mark_dropped, set_column
+from pipeline.unique_ids import DuplicateIds, duplicates_in_file
 
 JSONL_LIFTED = ("url", "source", "language")  # JSONL fields promoted to columns; the rest go to `meta`
 # Per-document size guard of the readers: a JSONL line (or a Parquet text) longer than this is
@@ -248,10 +251,10 @@ def _line_events(chunks: Iterator[bytes | _Damage], max_bytes: int) -> Iterator[
 
 # -- per-format batch readers -------------------------------------------------------------
 def _finish(table: pa.Table, key: str, first_row: int, id_col: str, text_col: str,
-            seen_ids: set | None = None) -> pa.Table:
+            duplicates: dict[int, str] | None = None) -> pa.Table:
     """Rename to id/text, generate missing ids, make sure drop_reason exists; quarantine rows
-    whose text is missing, not a string, whitespace only or holds NUL bytes, and repeated ids
-    (``seen_ids``: the ids given so far in this file; the first occurrence wins)."""
+    whose text is missing, not a string, whitespace only or holds NUL bytes, and the rows
+    ``duplicates`` names ({row in the file: drop_reason}, from pipeline.unique_ids)."""
     names = table.column_names
     if text_col != "text" and text_col in names:
         if "text" in names:
@@ -282,18 +285,14 @@ def _finish(table: pa.Table, key: str, first_row: int, id_col: str, text_col: st
     table = _mark_rows(table, pc.match_substring(text, "\x00"), "nul_byte", key, first_row)
     table = _mark_rows(table, pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), "empty_text",
                        key, first_row)
-    if given and seen_ids is not None:
-        dup = []
-        for i, v in enumerate(ids.to_pylist()):
-            if v is None:
-                dup.append(False)
-            elif v in seen_ids:
-                dup.append(True)
-            else:
-                seen_ids.add(v)
-                dup.append(False)
-        if any(dup):
-            table = _mark_rows(table, pa.array(dup, pa.bool_()), "duplicate_id", key, first_row)
+    if duplicates:
+        hit = [(r - first_row, why) for r, why in duplicates.items() if first_row <= r < first_row + n]
+        if hit:
+            reasons = [None] * n
+            for i, why in hit:
+                reasons[i] = why
+            reasons = pa.array(reasons, pa.string())
+            table = mark_dropped(table, pc.is_valid(reasons), reasons)
     cols = ["id", "text"] + [c for c in table.column_names if c not in ("id", "text")]
     return table.select(cols)
 
@@ -335,11 +334,12 @@ def parquet_row_group_rows(path: str) -> list[int] | None:
 
 
 def read_parquet_batches(path: str, key: str, batch_rows: int, id_col: str, text_col: str,
-                         row_groups: list[int] | None = None, first_row: int = 0) -> Iterator[pa.Table]:
+                         row_groups: list[int] | None = None, first_row: int = 0,
+                         duplicates: DuplicateIds | None = None) -> Iterator[pa.Table]:
     """Row group by row group (all, or ``row_groups``, whose first row is ``first_row``): a row
     group that cannot be decoded is quarantined as one row naming it, the others are kept. A file
-    whose footer is unreadable is one quarantined row. Repeated ids are quarantined within what
-    one call reads."""
+    whose footer is unreadable is one quarantined row. Repeated ids: the rows ``duplicates``
+    names (a run's pre-pass); None: checked within this file here."""
     try:
         if "://" not in path and os.path.getsize(path) == 0:
             return  # a 0-byte file: zero rows (nothing to lose)
@@ -351,15 +351,19 @@ def read_parquet_batches(path: str, key: str, batch_rows: int, id_col: str, text
     if text_col not in pf.schema_arrow.names:
         raise ValueError(f"{path}: no {text_col!r} column (it has {', '.join(pf.schema_arrow.names)}); "
                          "set input.text_column")
+    groups = range(pf.metadata.num_row_groups) if row_groups is None else row_groups
+    if duplicates is None:
+        dups = duplicates_in_file(path, key, "parquet", id_col, text_col)
+    else:
+        dups = duplicates.for_file(key, first_row, first_row + sum(pf.metadata.row_group(g).num_rows for g in groups))
     row = first_row
-    seen: set = set()
-    for g in range(pf.metadata.num_row_groups) if row_groups is None else row_groups:
+    for g in groups:
         group_rows = pf.metadata.row_group(g).num_rows
         end = row + group_rows
         try:
             for rb in pf.iter_batches(batch_size=batch_rows, row_groups=[g]):
                 t = pa.Table.from_batches([rb])
-                yield _finish(t, key, row, id_col, text_col, seen)
+                yield _finish(t, key, row, id_col, text_col, dups)
                 row += t.num_rows
         except (pa.ArrowException, OSError) as e:
             log.error("%s: row group %d unreadable: %s", key, g, e)
@@ -381,19 +385,23 @@ def _clean_str(s: str) -> tuple[str, bool]:
 
 
 def read_jsonl_batches(path: str, key: str, batch_rows: int, id_col: str, text_col: str,
-                       max_record_bytes: int | None = None) -> Iterator[pa.Table]:
+                       max_record_bytes: int | None = None,
+                       duplicates: DuplicateIds | None = None) -> Iterator[pa.Table]:
     """JSON Lines (plain, gzip with any number of members, zstd; a BOM and CRLF line ends are
     fine): `text` and `id`, url/source/language as columns when the file has them, every other
     field kept as JSON in `meta` (only when there are any). Quarantined, with the line number:
     a line that is not a JSON object (invalid_json), not UTF-8 (invalid_utf8), with a lone
     surrogate (lone_surrogate), a text that is not a string (text_not_string), whitespace only
-    (empty_text) or holds NUL (nul_byte), an id seen before in the file (duplicate_id), a line
-    over ``max_record_bytes`` (too_large), and damaged compressed data (truncated_gzip, ... with
-    the byte offset)."""
+    (empty_text) or holds NUL (nul_byte), a line over ``max_record_bytes`` (too_large), damaged
+    compressed data (truncated_gzip, ... with the byte offset), and the lines ``duplicates``
+    names (duplicate_id, from a run's pre-pass; None: checked within this file here)."""
     max_bytes = MAX_RECORD_BYTES if max_record_bytes is None else max_record_bytes
     rows: list[dict] = []
     first = 0
-    seen_ids: dict[str, int] = {}
+    if duplicates is None:
+        dups = duplicates_in_file(path, key, "jsonl", id_col, text_col)
+    else:
+        dups = duplicates.for_file(key)
     lifted_seen: set[str] = set()
     for ev, lineno, payload in _line_events(_decompressed(path), max_bytes):
         where = f"line {lineno} of {key}"
@@ -444,12 +452,8 @@ def read_jsonl_batches(path: str, key: str, batch_rows: int, id_col: str, text_c
                 bad = f"input:nul_byte at {where}"
             elif not text.strip():
                 bad = f"input:empty_text at {where}"
-        if bad is None and row["id"] is not None:
-            was = seen_ids.get(row["id"])
-            if was is not None:
-                bad = f"input:duplicate_id {row['id'][:80]!r} at {where} (first at line {was})"
-            else:
-                seen_ids[row["id"]] = lineno
+        if bad is None and dups:
+            bad = dups.get(lineno)
         if row["id"] is None:  # generated ids name the same 1-based line as the messages do
             row["id"] = f"{key}:{lineno}"
         row[DROP_REASON] = bad
@@ -473,11 +477,14 @@ def _jsonl_table(rows: list[dict], key: str, first: int, lifted_seen: set[str]) 
 
 
 def read_file_batches(path: str, key: str, fmt: str, batch_rows: int, id_col: str = "id",
-                      text_col: str = "text") -> Iterator[pa.Table]:
+                      text_col: str = "text", duplicates: DuplicateIds | None = None) -> Iterator[pa.Table]:
+    """One file's batches. ``duplicates``: the rows a run's id pre-pass quarantines
+    (pipeline.unique_ids; NONE: no check); None, for a reader called on its own: repeated ids
+    are checked within this file."""
     if fmt == "parquet":
-        yield from read_parquet_batches(path, key, batch_rows, id_col, text_col)
+        yield from read_parquet_batches(path, key, batch_rows, id_col, text_col, duplicates=duplicates)
     elif fmt == "jsonl":
-        yield from read_jsonl_batches(path, key, batch_rows, id_col, text_col)
+        yield from read_jsonl_batches(path, key, batch_rows, id_col, text_col, duplicates=duplicates)
     elif fmt in ("warc", "wet"):
         from pipeline.warc import read_warc_batches
 
@@ -492,21 +499,24 @@ def read_file_batches(path: str, key: str, fmt: str, batch_rows: int, id_col: st
         raise ValueError(f"unknown input format {fmt!r}")
 
 
-def read_files(files: pa.Table, fmt: str, batch_rows: int, id_col: str, text_col: str) -> Iterator[pa.Table]:
+def read_files(files: pa.Table, fmt: str, batch_rows: int, id_col: str, text_col: str,
+               duplicates: DuplicateIds | None = None) -> Iterator[pa.Table]:
     """Ray map_batches UDF: one input row per file -> the file's record batches."""
     for path, key in zip(files.column("path").to_pylist(), files.column("key").to_pylist()):
-        yield from read_file_batches(path, key, fmt, batch_rows, id_col, text_col)
+        yield from read_file_batches(path, key, fmt, batch_rows, id_col, text_col, duplicates)
 
 
-def read_input(spec, files: list[str], max_workers: int | None = None):
-    """A lazy ray.data.Dataset over the input files (one read task per file)."""
+def read_input(spec, files: list[str], max_workers: int | None = None, duplicates: DuplicateIds | None = None):
+    """A lazy ray.data.Dataset over the input files (one read task per file); ``duplicates``:
+    the run's id pre-pass (None: each file checked on its own)."""
     import ray.data
 
     if not files:
         raise FileNotFoundError(f"no input files match {spec.paths}")
     listing = pa.table({"path": files, "key": file_keys(files)})
     ds = ray.data.from_arrow(listing).repartition(len(files))
-    return ds.map_batches(read_files, fn_args=(spec.format, spec.batch_rows, spec.id_column, spec.text_column),
+    return ds.map_batches(read_files, fn_args=(spec.format, spec.batch_rows, spec.id_column, spec.text_column,
+                                               duplicates),
                           batch_size=1, batch_format="pyarrow", zero_copy_batch=True,
                           compute=ray.data.TaskPoolStrategy(size=max_workers))
 
@@ -537,14 +547,17 @@ def _parquet_file(path: str) -> pq.ParquetFile:
     return pq.ParquetFile(path)
 
 
-def read_unit(spec, unit: tuple) -> Iterator[pa.Table]:
-    """The batches of one unit from input_units, exactly as read_file_batches yields them."""
+def read_unit(spec, unit: tuple, duplicates: DuplicateIds | None = None) -> Iterator[pa.Table]:
+    """The batches of one unit from input_units, exactly as read_file_batches yields them
+    (``duplicates``: the run's id pre-pass; None: checked within the unit's file)."""
     path, key, row_groups, first = unit
     if row_groups is None:
-        yield from read_file_batches(path, key, spec.format, spec.batch_rows, spec.id_column, spec.text_column)
+        yield from read_file_batches(path, key, spec.format, spec.batch_rows, spec.id_column, spec.text_column,
+                                     duplicates)
         return
     # damaged row groups are quarantined there (issue 25)
-    yield from read_parquet_batches(path, key, spec.batch_rows, spec.id_column, spec.text_column, row_groups, first)
+    yield from read_parquet_batches(path, key, spec.batch_rows, spec.id_column, spec.text_column, row_groups, first,
+                                    duplicates)
 
 
 # -- deterministic output ------------------------------------------------------------------

@@ -41,6 +41,9 @@ class InputSpec(BaseModel):
     text_column: str = Field("text", description="input column holding the document text")
     id_column: str = Field("id", description="input column holding a unique id (generated if absent)")
     batch_rows: int = Field(1024, ge=1, le=10_000_000, description="rows per batch produced by the reader")
+    unique_ids: Literal["check", "trust"] = Field(
+        "check", description="check: a pre-pass over the given ids quarantines every repeat of an id after its "
+                             "first row in the run (input:duplicate_id); trust: skip that check (repeats pass)")
     generate: Literal["quickstart-sample"] | None = Field(
         None, description="build this built-in sample corpus at the first path when nothing matches")
 

@@ -261,7 +261,8 @@ def test_parquet_text_types(tmp_path):
     assert reasons(rows) == ["input:text_not_string (int64 column 'text') in f"] * 2 + ["input:missing_text"]
     pq.write_table(pa.table({"id": ["a", "a", "b"], "text": ["x y", "z", " \n "]}), tmp_path / "dup.parquet")
     rows = read(tmp_path / "dup.parquet", "parquet")
-    assert kept(rows) == ["a"] and reasons(rows) == ["input:duplicate_id at row 1 of f", "input:empty_text at row 2 of f"]
+    assert kept(rows) == ["a"] and reasons(rows) == ["input:duplicate_id 'a' at row 1 of f (first at row 0)",
+                                           "input:empty_text at row 2 of f"]
 
 
 def _validate(tmp_path, input_yaml: str) -> tuple[int, str]:
