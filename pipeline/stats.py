@@ -115,11 +115,19 @@ def check_invariants(steps: list[dict], inputs: dict[str, list[str]]) -> list[st
 
 def format_step_line(s: dict) -> str:
     drops = ", ".join(f"{k} {v:,}" for k, v in s["dropped"].items())
-    state = ("skipped (complete)" if s.get("status") == "skipped"
-             else f"{s.get('wall_s', 0):.1f}s wall, {s.get('busy_s', 0):.1f}s busy")
     rate = ""
-    if s.get("busy_s"):
-        rate = f", {s['docs_in'] / max(s['busy_s'], 1e-9):,.0f} docs/s per worker"
+    if s.get("status") == "skipped":
+        state = "skipped (complete)"
+    elif s.get("kind") == "global":
+        # a global step runs as Ray Data stages or tasks of its own: its ledger has no per-batch
+        # busy time, so its rate is over the step's wall time
+        state = f"{s.get('wall_s', 0):.1f}s wall"
+        if s.get("wall_s"):
+            rate = f", {s['docs_in'] / s['wall_s']:,.0f} docs/s"
+    else:
+        state = f"{s.get('wall_s', 0):.1f}s wall, {s.get('busy_s', 0):.1f}s busy"
+        if s.get("busy_s"):
+            rate = f", {s['docs_in'] / max(s['busy_s'], 1e-9):,.0f} docs/s per worker"
     c = s.get("counters") or {}
     if s.get("generated") or "tokens_generated" in c:  # a generating step: what the model produced
         rate += f", generated {s.get('generated', 0):,}"
