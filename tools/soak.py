@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from tools.measure_run import run_watched  # noqa: E402
 
 
 def generate(work: Path, docs: int, files: int) -> list[Path]:
@@ -64,30 +62,6 @@ def recipe(work: Path, workers: int | None) -> Path:
     return p
 
 
-class Watch(threading.Thread):
-    def __init__(self, pid: int):
-        super().__init__(daemon=True)
-        self.pid, self.samples, self.stop = pid, [], threading.Event()
-
-    def run(self) -> None:
-        t0 = time.time()
-        while not self.stop.is_set():
-            try:
-                driver = psutil.Process(self.pid)
-                rss = driver.memory_info().rss
-                workers = []
-                for c in driver.children(recursive=True):
-                    try:
-                        if c.cmdline()[:1] and c.cmdline()[0].startswith("ray::"):
-                            workers.append(c.memory_info().rss)
-                    except (psutil.NoSuchProcess, psutil.AccessDenied):
-                        pass
-                self.samples.append((time.time() - t0, rss, max(workers, default=0), sum(workers)))
-            except psutil.NoSuchProcess:
-                return
-            self.stop.wait(1.0)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=5_000_000)
@@ -103,35 +77,19 @@ def main() -> int:
     cmd = ["nice", "-n", "10", sys.executable, "-m", "pipeline.cli", "run", str(p), "--quiet", "--no-resume"]
     if args.workers:
         cmd += ["--workers", str(args.workers)]
-    t1 = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    watch = Watch(proc.pid)
-    watch.start()
-    out, err = proc.communicate()
-    watch.stop.set()
-    watch.join()
-    wall = time.time() - t1
-    s = watch.samples or [(0, 0, 0, 0)]
-    first = [x for x in s if x[0] <= wall / 5] or s[:1]
-    mib = 1 << 20
+    rc, wall, mem, err = run_watched(cmd)
     note = {"docs": args.docs, "files": len(files), "generate_s": round(gen_s, 1), "run_s": round(wall, 1),
-            "rc": proc.returncode, "driver_peak_rss_mib": round(max(x[1] for x in s) / mib, 1),
-            "driver_peak_rss_first_fifth_mib": round(max(x[1] for x in first) / mib, 1),
-            "driver_rss_end_mib": round(s[-1][1] / mib, 1),
-            "worker_peak_rss_mib": round(max(x[2] for x in s) / mib, 1),
-            "workers_total_peak_rss_mib": round(max(x[3] for x in s) / mib, 1), "samples": len(s),
-            "command": " ".join(sys.argv)}
+            "rc": rc, **mem, "command": " ".join(sys.argv)}
     try:
         stats = json.loads((work / "out" / "stats.json").read_text())
         note["docs_read"] = stats["steps"][0]["docs_in"]
         note["docs_out"] = stats["steps"][-1]["docs_out"]
         note["invariant_ok"] = stats["invariant_ok"]
     except (OSError, ValueError, KeyError, IndexError):
-        note["stderr_tail"] = err[-2000:]
+        note["stderr_tail"] = err
     (work / "soak.json").write_text(json.dumps(note, indent=1))
     print(json.dumps(note, indent=1))
-    return proc.returncode
+    return rc
 
 
 if __name__ == "__main__":
