@@ -131,6 +131,9 @@ class MixtureParams(Method):
     curriculum: Curriculum | None = Field(None, description="PolyLM: a set's share from -> to over N phases")
     temperatures: list[float] | None = Field(None, description="Cooldown: one phase per temperature")
     final: Final | None = Field(None, description="an end-of-training phase upsampling some groups")
+    partition_by: str | None = Field(None, description="Branch-Train-Merge: also one shard set per value of "
+                                     "this column (every document of the value once)")
+    max_partitions: int = Field(1024, ge=1, description="partition_by: more distinct values is an error")
 
     @model_validator(mode="after")
     def _phases(self):
@@ -276,10 +279,30 @@ def plan_phases(available: dict[str, int], phases: list[Phase], total_tokens: fl
             targets, notes = capped_targets(weights, budget, caps, redistribute, available, max_epochs, label)
         for g in targets:
             used[g] += targets[g]
+        groups = sorted(available)
+        blocks, select = [groups], None
+        if ph.group_share is not None:
+            gs = ph.group_share
+            inside = [g for g in groups if (g in gs.groups) != gs.exclude]
+            blocks = [inside, [g for g in groups if g not in inside]]
+            select = {"groups": gs.groups, "exclude": gs.exclude, "share": gs.share}
+        elif ph.boost is not None:
+            inside = [g for g in groups if g in ph.boost.groups]
+            blocks = [inside, [g for g in groups if g not in inside]]
         out.append({"name": label, "share": ph.share, "method": ph.label(), "budget": budget,
                     "target_weights": {g: weights[g] for g in sorted(weights)},
-                    "targets": {g: targets[g] for g in sorted(targets)}, "notes": notes})
+                    "targets": {g: targets[g] for g in sorted(targets)}, "notes": notes,
+                    "blocks": [b for b in blocks if b], "select": select})
     return out
+
+
+def whole_document_note(ph: dict, group: str, target: float, got: int, lower: int, upper: int) -> str:
+    """Why a group misses its target by more than 1% of the phase: documents are whole."""
+    budget = ph["budget"]
+    return (f"{ph['name']}: group {group!r} gets {got:,} tokens for a target of {target:,.0f} "
+            f"({got - target:+,.0f}, {abs(got - target) / budget:.2%} of the phase's {budget:,.0f}): documents "
+            f"are whole and the nearest cuts of its draw order give {lower:,} or {upper:,} tokens (the document "
+            f"at the cut holds {upper - lower:,}); the other groups of its side absorb the difference")
 
 
 # -- per-document draws (workers) -------------------------------------------------------------
@@ -289,11 +312,13 @@ def draw_order(ids, seed: int) -> np.ndarray:
     return pl.Series(arr.cast(pa.string())).hash(seed=seed).to_numpy()
 
 
-def doc_keys(batch: pa.Table, group_col: str, seed: int) -> pa.Table:
-    """(group, u, n_tokens) of the documents that have a group: all the planner needs."""
+def doc_keys(batch: pa.Table, group_col: str, seed: int, partition_col: str | None = None) -> pa.Table:
+    """(group, u, n_tokens[, part]) of the documents that have a group: all the planner needs."""
     keys = pa.table({GROUP: pc.cast(batch.column(group_col), pa.string()),
                      "u": pa.array(draw_order(batch.column("id"), seed), pa.uint64()),
                      "n_tokens": pc.cast(batch.column("n_tokens"), pa.int64())})
+    if partition_col:
+        keys = keys.append_column("part", pc.cast(batch.column(partition_col), pa.string()))
     return keys.filter(pc.is_valid(keys.column(GROUP)))
 
 
@@ -341,12 +366,19 @@ def _histogram(keys, focus: list | None) -> dict:
     return _fold(partials, _by_group if focus is None else _by_group_b1, BUCKETS)
 
 
-def draw_thresholds(keys, totals: dict[str, int], wants: dict[str, set[float]], h1: dict | None = None
-                    ) -> dict[tuple[str, float], int]:
-    """For each (group, fraction f): the threshold t on the draw order such that the documents
-    with u < t hold the token count closest to f x the group's tokens. Two histogram passes
-    (partial aggregates folded into groups x 4096 arrays), so the driver holds nothing that grows with the
-    corpus and the result is exact to a document for any corpus up to ~10^7 documents a group."""
+def _threshold(b1: int, b2: int) -> int:
+    """The draw-order value at the start of (b1, b2); the end of the last bucket is clamped to
+    the largest uint64 (2^64 does not fit)."""
+    return min((b1 << B1_SHIFT) + (b2 << B2_SHIFT), (1 << 64) - 1)
+
+
+def cut_options(keys, totals: dict[str, int], wants: dict[str, set[float]], h1: dict | None = None
+                ) -> dict[tuple[str, float], list[tuple[int, int]]]:
+    """For each (group, fraction f): the cuts of the draw order on either side of f x the group's
+    tokens, as (threshold t, tokens of the documents with u < t): the last cut at or below the
+    target and the first at or above it (one when a cut hits it). Two histogram passes (partial
+    aggregates folded into groups x 4096 arrays), so the driver holds nothing that grows with the
+    corpus and the cuts fall between two documents for any corpus up to ~10^7 documents a group."""
     wants = {g: fs for g, fs in wants.items() if fs}
     if not wants:
         return {}
@@ -357,13 +389,90 @@ def draw_thresholds(keys, totals: dict[str, int], wants: dict[str, set[float]], 
         for f in sorted(fs):
             target = f * totals[g]
             b = min(int(np.searchsorted(cum, target, side="left")), BUCKETS - 1)
-            first[(g, f)] = (b, target - (cum[b - 1] if b else 0))
-    h2 = _histogram(keys, sorted({(g, b) for (g, _), (b, _) in first.items()}))
+            base = int(cum[b - 1]) if b else 0
+            first[(g, f)] = (b, base, target - base)
+    h2 = _histogram(keys, sorted({(g, b) for (g, _), (b, _, _) in first.items()}))
     out = {}
-    for (g, f), (b, rest) in first.items():
+    for (g, f), (b, base, rest) in first.items():
         cands = np.concatenate([[0], np.cumsum(h2.get((g, b), np.zeros((2, BUCKETS), np.int64))[1])])
-        k = int(np.argmin(np.abs(cands - rest)))
-        out[(g, f)] = (b << B1_SHIFT) + (k << B2_SHIFT)
+        lo = max(int(np.searchsorted(cands, rest, side="right")) - 1, 0)
+        hi = min(int(np.searchsorted(cands, rest, side="left")), BUCKETS)
+        out[(g, f)] = [(_threshold(b, k), base + int(cands[k])) for k in sorted({lo, hi})]
+    return out
+
+
+def choose_cuts(phases: list[dict], available: dict[str, int], cum: dict[str, np.ndarray],
+                options: dict, max_epochs: float | None, tolerance: float = 0.01) -> dict:
+    """Pick, per phase and group, the cut of the draw order below or above its target (documents
+    are whole, so a group's target falls between two cuts). Nearest-per-group rounding is biased
+    when many small groups have documents larger than their share (PolyLM on ~400 languages of
+    2-4 documents: most round to nothing, 0.248 realized for 0.30), so the choice carries the
+    running error over the groups (error diffusion): inside each of the phase's blocks (a
+    group_share's two sides, a boost's groups and the rest) the groups with one possible cut go
+    first (a phase that must not move them, a cap), then the others from the coarsest cut to the
+    finest, and each takes the side that brings the running sum nearest to zero. A first pass
+    takes only sides within `tolerance` of the phase's tokens of the group's own target (when one
+    is); if that leaves the block's sum above half the tolerance, a pass without that preference
+    (whose sum stays within half the coarsest cut, the fine groups at the end pulling it to a few
+    tokens) wins when it does better: a schedule's shares matter more than one group's.
+    The cumulative cut never moves back (a phase emits >= 0 copies) nor past max_epochs.
+    Returns {"groups": {g: {"whole": [...], "thresh": [...]}}, "tokens": [{g: tokens} per phase],
+    "wide": [[(g, target, tokens, lower cut, upper cut)] per phase]} (wide: groups no cut brings
+    within tolerance)."""
+    groups = sorted(available)
+    pos = {g: (0, 0, 0) for g in groups}  # (cumulative tokens, whole epochs, threshold) chosen so far
+    dev = {g: 0.0 for g in groups}  # chosen minus target, cumulative
+    out = {"groups": {g: {"whole": [], "thresh": []} for g in groups}, "tokens": [], "wide": []}
+    for p, ph in enumerate(phases):
+        tol = tolerance * ph["budget"]
+        cap = {g: max_epochs * available[g] if max_epochs else math.inf for g in groups}
+        cands = {}
+        for g in groups:
+            x = float(cum[g][p])
+            whole, f = int(math.floor(x)), float(x - math.floor(x))
+            base = whole * available[g]
+            opts = [(base + tok, whole, t) for t, tok in options[(g, f)]] if f > 0 else [(base, whole, 0)]
+            ok = [o for o in opts if pos[g][0] <= o[0] <= cap[g] + 1e-6] if ph["targets"][g] > 0 else []
+            cands[g] = (x * available[g], ok or [pos[g]])  # no target in this phase: no copies
+        blocks = ph.get("blocks") or [groups]
+
+        def err(g, o):
+            return (o[0] - cands[g][0]) - dev[g]  # this phase's tokens minus this phase's target
+
+        def diffuse(block, prefer_near):
+            running, picks = 0.0, {}
+            # groups with one possible cut first (their error is forced), then coarse to fine
+            for g in sorted(block, key=lambda g: (len(cands[g][1]) > 1, -(max(o[0] for o in cands[g][1]) -
+                                                                          min(o[0] for o in cands[g][1])), g)):
+                opts = cands[g][1]
+                near = [o for o in opts if abs(err(g, o)) <= tol] if prefer_near else []
+                picks[g] = min(near or opts, key=lambda o: (abs(running + err(g, o)), abs(err(g, o)), o[0]))
+                running += err(g, picks[g])
+            return abs(running), picks
+
+        got, wide = {}, []
+        for block in blocks:
+            # keep every group within tolerance when that also keeps the block's sum within half
+            # of it; else the block's sum wins (a schedule's shares matter more than one group)
+            miss, picks = diffuse(block, True)
+            if miss > tol / 2:
+                miss_free, free = diffuse(block, False)
+                if miss_free < miss:
+                    picks = free
+            for g in sorted(block):
+                pick, e = picks[g], err(g, picks[g])
+                if abs(e) > tol:
+                    opts = cands[g][1]
+                    wide.append((g, ph["targets"][g], pick[0] - pos[g][0], min(o[0] for o in opts) - pos[g][0],
+                                 max(o[0] for o in opts) - pos[g][0]))
+                got[g] = pick[0] - pos[g][0]
+                dev[g] = pick[0] - cands[g][0]
+                pos[g] = pick
+        for g in groups:
+            out["groups"][g]["whole"].append(int(pos[g][1]))
+            out["groups"][g]["thresh"].append(int(pos[g][2]))
+        out["tokens"].append(got)
+        out["wide"].append(sorted(wide))
     return out
 
 
@@ -406,18 +515,49 @@ def emit(batch: pa.Table, plan: dict, p: int) -> pa.Table:
                     GROUP: pc.cast(batch.column(plan["group_by"]), pa.string()).take(rows),
                     "epoch": pa.array(epoch), "n_tokens": pc.cast(batch.column("n_tokens"), pa.int64()).take(rows),
                     "tokens": batch.column("tokens").take(rows)})
+    return _place(out, epoch, plan["seed"], out.column(GROUP), plan["phases"][p]["sets"])
+
+
+def _place(out: pa.Table, epoch: np.ndarray, seed: int, values, sets: dict) -> pa.Table:
+    """Each row's shard and its place in it: a hash of (seed, id, epoch) picks the shard among
+    the `n` of the set its value (group or partition) belongs to, and orders the shard."""
     key = pl.DataFrame({"id": pl.from_arrow(out.column("id")), "e": epoch}) \
-        .select(pl.struct("id", "e").hash(seed=plan["seed"] + 7919)).to_series().to_numpy()
-    sets = plan["phases"][p]["sets"]
-    shard = np.zeros(len(rows), dtype=np.int64)
-    grp = np.asarray(out.column(GROUP).to_pylist(), dtype=object)
-    for name, s in sets.items():
-        m = np.ones(len(rows), bool) if name == MIXED else grp == name
-        if m.any():
-            local = ((key[m] >> np.uint64(32)) * np.uint64(s["n"])) >> np.uint64(32)
-            shard[m] = s["offset"] + local.astype(np.int64)
+        .select(pl.struct("id", "e").hash(seed=seed + 7919)).to_series().to_numpy()
+    if MIXED in sets:
+        n = np.full(len(key), sets[MIXED]["n"], np.int64)
+        offset = np.full(len(key), sets[MIXED]["offset"], np.int64)
+    else:
+        v = pl.Series(values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values)
+        names = list(sets)
+        n = v.replace_strict(names, [sets[k]["n"] for k in names], default=0, return_dtype=pl.Int64).to_numpy()
+        offset = v.replace_strict(names, [sets[k]["offset"] for k in names], default=0,
+                                  return_dtype=pl.Int64).to_numpy()
+        if (n == 0).any():  # a planning bug, never a silent misplacement
+            raise MixtureError(f"mixture: {int((n == 0).sum())} copies belong to no shard set")
+    local = ((key >> np.uint64(32)) * n.astype(np.uint64)) >> np.uint64(32)
     out = out.append_column("_key", pa.array(key, pa.uint64()))
-    return out.append_column("_shard", pa.array(shard))
+    return out.append_column("_shard", pa.array(offset + local.astype(np.int64)))
+
+
+def emit_partitions(batch: pa.Table, plan: dict) -> pa.Table:
+    """Every document with a group and a partition value once (epoch 0), placed in its
+    partition's shard set (partition_by: Branch-Train-Merge domains)."""
+    part = plan["partition"]
+    group = pc.cast(batch.column(plan["group_by"]), pa.string())
+    value = pc.cast(batch.column(part["by"]), pa.string())
+    batch = batch.filter(pc.and_(pc.is_valid(group), pc.is_valid(value)))
+    out = pa.table({"id": pc.cast(batch.column("id"), pa.string()),
+                    GROUP: pc.cast(batch.column(plan["group_by"]), pa.string()),
+                    "epoch": pa.array(np.zeros(batch.num_rows, np.int32)),
+                    "n_tokens": pc.cast(batch.column("n_tokens"), pa.int64()), "tokens": batch.column("tokens")})
+    return _place(out, np.zeros(batch.num_rows, np.int32), plan["seed"],
+                  pc.cast(batch.column(part["by"]), pa.string()), part["sets"])
+
+
+def partition_counts(keys: pa.Table) -> pa.Table:
+    """Per-batch docs and tokens per partition value (null: documents without one)."""
+    return pl.from_arrow(keys.select(["part", "n_tokens"])).group_by("part").agg(
+        pl.len().alias("docs"), pl.col("n_tokens").sum().alias("tok")).to_arrow()
 
 
 def write_shard(rows: pa.Table, store_uri: str, shard_dir: str, names: dict, dtype_name: str) -> pa.Table:
@@ -526,12 +666,14 @@ class Mixture(Operator):
         p = self.params
         seed = p.seed if p.seed is not None else ctx.seed
         cols = ds.schema().names
-        if p.group_by not in cols:
-            raise MixtureError(f"mixture: group_by column {p.group_by!r} is not in the data "
-                               f"(columns: {', '.join(cols)})")
+        for what, col in (("group_by", p.group_by), ("partition_by", p.partition_by)):
+            if col and col not in cols:
+                raise MixtureError(f"mixture: {what} column {col!r} is not in the data "
+                                   f"(columns: {', '.join(cols)})")
         _, tok_info = load_tokenizer(p.tokenizer)
         dtype = dtype_for_vocab(tok_info["vocab_size"])
-        keys = ds.map_batches(doc_keys, fn_args=(p.group_by, seed), batch_format="pyarrow").materialize()
+        keys = ds.map_batches(doc_keys, fn_args=(p.group_by, seed, p.partition_by),
+                              batch_format="pyarrow").materialize()
         h1 = _histogram(keys, None)  # per group and draw-order bucket: docs and tokens
         docs = {g: int(h[0].sum()) for g, h in h1.items()}
         available = {g: int(h[1].sum()) for g, h in h1.items() if h[1].sum() > 0}
@@ -544,12 +686,10 @@ class Mixture(Operator):
         cum = {g: np.cumsum([ph["targets"][g] / available[g] for ph in phases]) for g in groups}
         cum = {g: np.round(v, 9) for g, v in cum.items()}
         wants = {g: {float(x - math.floor(x)) for x in cum[g] if x - math.floor(x) > 0} for g in groups}
-        thresholds = draw_thresholds(keys, available, wants, h1)
-        plan = {"seed": seed, "group_by": p.group_by, "groups": {}, "phases": []}
-        for g in groups:
-            fr = [float(x - math.floor(x)) for x in cum[g]]
-            plan["groups"][g] = {"whole": [int(math.floor(x)) for x in cum[g]],
-                                 "thresh": [thresholds[(g, f)] if f > 0 else 0 for f in fr]}
+        cuts = choose_cuts(phases, available, cum, cut_options(keys, available, wants, h1), p.max_epochs)
+        plan = {"seed": seed, "group_by": p.group_by, "groups": cuts["groups"], "phases": []}
+        for ph, wide in zip(phases, cuts["wide"]):
+            ph["notes"] += [whole_document_note(ph, *w) for w in wide]
         store = Store(ctx.output_dir)
         root = f"{ctx.step_id}.shards"
         store.rmtree(root)  # a rerun replaces what an earlier (maybe killed) attempt left
@@ -574,19 +714,24 @@ class Mixture(Operator):
             for s in ph_plan["sets"].values():
                 for k in range(s["n"]):
                     names[s["offset"] + k] = f"{s['dir']}/part_{k:05d}"
+        if p.partition_by:
+            plan["partition"] = plan_partitions(keys, p, offset)
+            for s in plan["partition"]["sets"].values():
+                for k in range(s["n"]):
+                    names[s["offset"] + k] = f"{s['dir']}/part_{k:05d}"
         summaries = []
         for i in range(len(phases)):
             emitted = ds.map_batches(emit, fn_args=(plan, i), batch_format="pyarrow")
-            args = (store.uri, root, names, dtype.name)
-            if ph["budget"] * 4 <= SMALL_BYTES:
-                # small: one task writes every shard (a hash shuffle costs more than the data)
-                written = emitted.repartition(1).map_batches(write_shards, fn_args=args, batch_format="pyarrow",
-                                                             batch_size=None)
-            else:
-                n_part = min(sum(s["n"] for s in plan["phases"][i]["sets"].values()), ctx.num_partitions())
-                written = emitted.groupby("_shard", num_partitions=n_part).map_groups(
-                    write_shard, fn_args=args, batch_format="pyarrow")
-            summaries.append(sorted(written.take_all(), key=lambda r: r["shard"]))
+            summaries.append(_write_sets(emitted, phases[i]["budget"], plan["phases"][i]["sets"],
+                                         (store.uri, root, names, dtype.name), ctx))
+        if p.partition_by:
+            part_root = f"{ctx.step_id}.partitions"
+            store.rmtree(part_root)
+            part = plan["partition"]
+            emitted = ds.map_batches(emit_partitions, fn_args=(plan,), batch_format="pyarrow")
+            written = _write_sets(emitted, sum(part["tokens"].values()), part["sets"],
+                                  (store.uri, part_root, names, dtype.name), ctx)
+            listing = write_partitions(store, part_root, part, written, names, p, seed, tok_info, dtype)
         manifests = []
         for i, ph in enumerate(phases):
             sub = f"phase_{i:02d}/" if len(phases) > 1 else ""
@@ -595,10 +740,118 @@ class Mixture(Operator):
                 store.write_json(f"{root}/{sub}manifest.json", man)
             manifests.append(man)
         top = top_manifest(manifests, phases, docs, available, p, seed, tok_info, dtype, total)
+        if p.partition_by:
+            top["partitions"] = {"by": p.partition_by, "root": f"../{part_root}", "listing": "partitions.json",
+                                 "sets": [{k: v for k, v in e.items() if k != "top_terms"}
+                                          for e in listing["partitions"]]}
         if len(phases) > 1:
             store.write_json(f"{root}/schedule.json", schedule(manifests, phases))
         store.write_json(f"{root}/manifest.json", top)  # written last: the shard set is complete
         return ds.map_batches(annotate, fn_args=(plan,), batch_format="pyarrow")
+
+
+def _write_sets(emitted, tokens: float, sets: dict, args: tuple, ctx) -> list[dict]:
+    """Write the copies `emitted` placed in `sets` as shards, on the workers; one summary row
+    per shard written (shard, docs, tokens, groups), in shard order."""
+    if tokens * 4 <= SMALL_BYTES:
+        # small: one task writes every shard (a hash shuffle costs more than the data)
+        written = emitted.repartition(1).map_batches(write_shards, fn_args=args, batch_format="pyarrow",
+                                                     batch_size=None)
+    else:
+        n_part = min(sum(s["n"] for s in sets.values()), ctx.num_partitions())
+        written = emitted.groupby("_shard", num_partitions=n_part).map_groups(
+            write_shard, fn_args=args, batch_format="pyarrow")
+    return sorted(written.take_all(), key=lambda r: r["shard"])
+
+
+def plan_partitions(keys, p: MixtureParams, offset: int) -> dict:
+    """partition_by: docs and tokens per value (a fold of per-batch partials: the driver holds
+    one row per value), a directory per value (a safe name: values come from the data and never
+    become paths), and shard numbers after the schedule's."""
+    acc: dict = {}
+    for b in keys.map_batches(partition_counts, batch_format="pyarrow", batch_size=None).iter_batches(
+            batch_format="pyarrow", batch_size=None):
+        for v, d, t in zip(*(b.column(c).to_pylist() for c in ("part", "docs", "tok"))):
+            a = acc.setdefault(v, [0, 0])
+            a[0] += d
+            a[1] += t
+            if len(acc) > p.max_partitions + 1:
+                raise MixtureError(f"mixture: partition_by column {p.partition_by!r} has more than "
+                                   f"{p.max_partitions} distinct values (one shard set each); is it the right "
+                                   "column? (raise max_partitions if so)")
+    missing = acc.pop(None, [0, 0])
+    if not acc:
+        raise MixtureError(f"mixture: partition_by column {p.partition_by!r} has no value in any document "
+                           "that has a group")
+    sets, dirs = {}, {}
+    for v in sorted(acc):
+        d = safe_name(v)
+        if d in dirs:
+            raise MixtureError(f"mixture: partition values {dirs[d]!r} and {v!r} map to the same directory {d!r}")
+        dirs[d] = v
+        n = max(1, math.ceil(acc[v][1] / p.shard_tokens))
+        sets[v] = {"n": n, "offset": offset, "dir": d}
+        offset += n
+    return {"by": p.partition_by, "sets": sets, "docs": {v: a[0] for v, a in acc.items()},
+            "tokens": {v: a[1] for v, a in acc.items()}, "docs_without_value": missing[0],
+            "tokens_without_value": missing[1]}
+
+
+def cluster_terms(store, column: str) -> tuple[str | None, dict]:
+    """The top terms of the `cluster` step that wrote `column` (<output>/<step>.clusters.json),
+    so a person can name a domain; (None, {}) when no cluster step did."""
+    import posixpath
+
+    for path in store.list("", ".clusters.json"):
+        name = posixpath.basename(path)
+        info = store.read_json(name)
+        if info.get("column") == column:
+            return name, info.get("top_terms", {})
+    return None, {}
+
+
+def write_partitions(store, part_root: str, part: dict, written: list[dict], names: dict, p: MixtureParams,
+                     seed: int, tok_info: dict, dtype) -> dict:
+    """One manifest per partition (read from what the workers wrote) and partitions.json."""
+    terms_from, terms = cluster_terms(store, part["by"])
+    tok = {k: tok_info.get(k) for k in ("name", "sha256", "vocab_size", "bos_id", "eos_id", "file")}
+    by_set: dict[str, list[dict]] = {}
+    for r in written:
+        d, _, path = names[r["shard"]].partition("/")
+        by_set.setdefault(d, []).append(dict(r, path=path))
+    listing = []
+    for v, s in part["sets"].items():
+        shards, groups = [], {}
+        for r in by_set.get(s["dir"], []):
+            per = json.loads(r["groups"])
+            shards.append({"path": r["path"], "docs": int(r["docs"]), "tokens": int(r["tokens"]),
+                           "groups": {g: {"docs": x[0], "tokens": x[1]} for g, x in per.items()}})
+            for g, (dd, t) in per.items():
+                acc = groups.setdefault(g, {"docs": 0, "tokens": 0})
+                acc["docs"] += dd
+                acc["tokens"] += t
+        docs, tokens = sum(x["docs"] for x in shards), sum(x["tokens"] for x in shards)
+        if (docs, tokens) != (part["docs"][v], part["tokens"][v]):
+            raise MixtureError(f"mixture: partition {v!r}: wrote {docs} documents / {tokens} tokens but "
+                               f"counted {part['docs'][v]} / {part['tokens'][v]}")
+        man = {"format": "megatron-core indexed dataset (MMIDIDX v1), one sequence per document",
+               "tokenizer": tok, "dtype": np.dtype(dtype).name, "eos_id": tok_info.get("eos_id"),
+               "bos_id": tok_info.get("bos_id"), "partition_by": part["by"], "value": v, "dir": s["dir"],
+               "seed": seed, "group_by": p.group_by, "layout": "partition", "docs": docs, "tokens": tokens,
+               "groups": {g: groups[g] for g in sorted(groups)}, "shards": shards,
+               "data_path": " ".join(x["path"] for x in shards)}
+        if v in terms:
+            man.update(top_terms=terms[v], terms_from=terms_from)
+        store.write_json(f"{part_root}/{s['dir']}/manifest.json", man)
+        listing.append({"value": v, "dir": s["dir"], "docs": docs, "tokens": tokens, "shards": len(shards),
+                        **({"top_terms": terms[v]} if v in terms else {})})
+    out = {"partition_by": part["by"], "group_by": p.group_by, "seed": seed, "dtype": np.dtype(dtype).name,
+           "tokenizer": tok, "partitions": listing, "docs_without_value": part["docs_without_value"],
+           "tokens_without_value": part["tokens_without_value"],
+           "note": "each partition holds every document with that value (and a group) once, shuffled by a hash "
+                   "of (seed, id); the pooled seed mix is the step's own shard set (<step>.shards/)"}
+    store.write_json(f"{part_root}/partitions.json", out)
+    return out
 
 
 def params_hash(p: MixtureParams, seed: int, tok_sha: str) -> str:
@@ -626,6 +879,21 @@ def phase_manifest(ph: dict, summary: list[dict], names: dict, docs: dict, avail
                      "epochs": round(emitted_tok.get(g, 0) / available[g], 6),
                      "target_weight": round(ph["target_weights"].get(g, 0.0), 6),
                      "realized_weight": round(emitted_tok.get(g, 0) / total, 6)}
+    notes = list(ph["notes"])
+    share = None
+    if ph.get("select"):
+        sel = ph["select"]
+        inside = [g for g in available if (g in sel["groups"]) != sel["exclude"]]
+        planned = sum(ph["targets"].get(g, 0.0) for g in inside) / ph["budget"]
+        realized = sum(emitted_tok.get(g, 0) for g in inside) / total
+        share = {"groups": sel["groups"], "exclude": sel["exclude"], "target": sel["share"],
+                 "after_caps": round(planned, 6), "realized": round(realized, 6)}
+        if abs(realized - sel["share"]) > 0.01:
+            why = ("epoch caps moved the plan (see the cap notes)" if abs(planned - sel["share"]) > 0.005 else
+                   "documents are whole (see the per-group notes)")
+            notes.append(f"{ph['name']}: the share of {'all but ' if sel['exclude'] else ''}{'/'.join(sel['groups'])} "
+                         f"is {realized:.4f} for a target of {sel['share']:.4f} (after caps {planned:.4f}, "
+                         f"{sum(emitted_tok.values()):,} tokens emitted): {why}")
     blend = []
     if p.layout == "per_group":
         for s in shards:
@@ -635,7 +903,7 @@ def phase_manifest(ph: dict, summary: list[dict], names: dict, docs: dict, avail
     data_path = " ".join(f"{w} {pre}" for w, pre in blend) if blend else " ".join(s["path"] for s in shards)
     return {"phase": ph["name"], "method": ph["method"], "budget_tokens": round(ph["budget"]),
             "tokens_emitted": sum(emitted_tok.values()), "layout": p.layout, "groups": groups, "shards": shards,
-            "blend": blend, "data_path": data_path, "notes": ph["notes"],
+            "blend": blend, "data_path": data_path, "notes": notes, **({"share_of": share} if share else {}),
             "blend_note": "weights are token shares of the realized data; Megatron's weights are per training "
                           "sample and GPTDataset packs documents into fixed-length samples, so a sample share "
                           "equals a token share (Megatron-LM #547)"}

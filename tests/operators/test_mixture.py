@@ -12,8 +12,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from operators.mixture import (Method, MixtureError, MixtureParams, Phase, capped_targets, method_weights,
-                               plan_phases, safe_name, unimax_allocation)
+from operators.mixture import (Method, MixtureError, MixtureParams, Phase, capped_targets, choose_cuts,
+                               method_weights, phase_manifest, plan_phases, safe_name, unimax_allocation,
+                               whole_document_note)
 from pipeline.executor import RunOptions, run_recipe
 from pipeline.recipe import load_recipe
 
@@ -66,6 +67,49 @@ def test_caps_hold_over_phases():
         plan_phases(available, phases, 2000, 3, False)
     plan = plan_phases(available, phases, 2000, 3, True)
     assert plan[0]["targets"]["a"] == pytest.approx(200) and plan[1]["targets"]["a"] == pytest.approx(100)
+
+
+def test_whole_documents_keep_a_sets_share_and_the_manifest_says_why():
+    """PolyLM on the shared data: ~150 small languages whose documents are larger than their
+    share of a phase. Rounding each group to its nearest whole-document cut gives them nothing (the
+    non-English share fell to 0.248 for 0.30); carrying the error over the groups lands the share
+    on target, and each group off by more than 1% of the phase gets a note with its figures."""
+    small = {f"l{i:03d}": 9000 for i in range(150)}  # 3 documents of 3,000 tokens each
+    available = {"en": 100_000, **small}  # 1,000 documents of 100 tokens
+    sched = [Phase(share=0.5, group_share={"groups": ["en"], "exclude": True, "share": 0.3}),
+             Phase(share=0.5, group_share={"groups": ["en"], "exclude": True, "share": 0.5})]
+    phases = plan_phases(available, sched, 200_000, None, False)
+    cum = {g: np.round(np.cumsum([ph["targets"][g] / available[g] for ph in phases]), 9) for g in available}
+    options = {}
+    for g, x in ((g, x) for g in available for x in cum[g]):
+        f = float(x - np.floor(x))
+        doc = 100 if g == "en" else 3000
+        lo = int(f * available[g] // doc) * doc
+        options[(g, f)] = [(lo + 1, lo)] + ([(lo + 2, lo + doc)] if lo < f * available[g] else [])
+    cuts = choose_cuts(phases, available, cum, options, None)
+    for k, (ph, want) in enumerate(zip(phases, (0.3, 0.5))):
+        got = cuts["tokens"][k]
+        assert all(v >= 0 for v in got.values())  # a cut never moves back
+        assert all(v % 3000 == 0 for g, v in got.items() if g != "en")  # whole documents
+        non_en = sum(v for g, v in got.items() if g != "en")
+        assert abs(non_en - want * ph["budget"]) <= 0.01 * ph["budget"], (k, non_en)
+        assert abs(sum(got.values()) - ph["budget"]) <= 0.01 * ph["budget"]
+        # nearest-per-group rounding would have given every small language 0 tokens in phase 0
+        assert k or sum(1 for g in small if min(abs(o[1] - ph["targets"][g]) for o in
+                                               options[(g, float(cum[g][0]))]) == ph["targets"][g]) == 150
+        wide = {w[0]: w for w in cuts["wide"][k]}
+        assert all(abs(got[g] - ph["targets"][g]) > 0.01 * ph["budget"] for g in wide)
+        assert all(g in wide for g in small if abs(got[g] - ph["targets"][g]) > 0.01 * ph["budget"])
+        # the phase manifest, from the shards the workers would write: the set's share and the notes
+        ph["notes"] += [whole_document_note(ph, *w) for w in wide.values()]
+        summary = [{"shard": 0, "docs": 1, "tokens": sum(got.values()),
+                    "groups": json.dumps({g: [1, v] for g, v in got.items() if v})}]
+        man = phase_manifest(ph, summary, {0: "mixed/part_00000"}, {g: 1 for g in available}, available,
+                             MixtureParams(layout="mixed"))
+        assert man["share_of"]["target"] == want and abs(man["share_of"]["realized"] - want) <= 0.01
+        g, target, tokens, lower, upper = next(iter(wide.values()))
+        note = next(n for n in man["notes"] if f"group {g!r}" in n)
+        assert f"{tokens:,} tokens for a target of {target:,.0f}" in note and f"{lower:,} or {upper:,}" in note
 
 
 def test_params_validation():
@@ -292,6 +336,8 @@ def test_curriculum_phases(ray_session, tmp_path):
         budget = 10000
         non_en = sum(v for g, v in emitted.items() if g != "en")
         assert abs(non_en - want * budget) <= 0.01 * budget, (k, non_en)
+        assert man["share_of"]["target"] == pytest.approx(want)
+        assert abs(man["share_of"]["realized"] - want) <= 0.01
         for g, v in man["groups"].items():
             assert abs(v["tokens_emitted"] - v["tokens_target"]) <= 0.01 * budget, (k, g)
         for s in man["shards"]:
