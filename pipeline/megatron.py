@@ -125,10 +125,15 @@ def format_shards(path: str, peek: int = 2, shard: str | None = None, max_chars:
              f"group_by {man.get('group_by')}, seed {man.get('seed')}",
              "", f"{'group':<16} {'docs avail':>11} {'tokens avail':>13} {'tokens out':>12} {'epochs':>7} "
              f"{'target w':>9} {'realized w':>10}"]
+    if "partition_by" in man:  # a partition's shard set (mixture partition_by): each document once
+        lines.insert(2, f"partition {man['partition_by']} = {man['value']!r}: {man['docs']:,} docs, "
+                        f"{man['tokens']:,} tokens" + (f"; top terms {', '.join(man['top_terms'])}"
+                                                       if man.get("top_terms") else ""))
     for g, v in man.get("groups", {}).items():
         tw, rw = v.get("target_weight"), v.get("realized_weight")
-        lines.append(f"{g:<16} {v['docs_available']:>11,} {v['tokens_available']:>13,} {v['tokens_emitted']:>12,} "
-                     f"{v['epochs']:>7.3f} {'' if tw is None else f'{tw:.4f}':>9} "
+        docs, tokens = v.get("docs_available", v.get("docs")), v.get("tokens_available", v.get("tokens"))
+        lines.append(f"{g:<16} {docs:>11,} {tokens:>13,} {v.get('tokens_emitted', tokens):>12,} "
+                     f"{v.get('epochs', 1.0):>7.3f} {'' if tw is None else f'{tw:.4f}':>9} "
                      f"{'' if rw is None else f'{rw:.4f}':>10}")
     phases = man.get("phases")
     shard_lists = []
