@@ -239,8 +239,9 @@ def capped_targets(weights: dict[str, float], budget: float, caps: dict[str, flo
     while over:
         for g in over:
             fixed[g] = caps[g]
-            notes.append(f"{phase}: group {g!r} capped at {caps[g]:,.0f} tokens ({max_epochs:g} epochs); "
-                         f"its surplus went to the other groups")
+            notes.append(f"{phase}: group {g!r} capped at {caps[g]:,.0f} tokens for a target of {targets[g]:,.0f} "
+                         f"({max_epochs:g} epochs of its {available[g]:,} tokens over the whole schedule, less "
+                         f"what earlier phases used); its surplus went to the other groups")
         free = [g for g in weights if g not in fixed]
         left = budget - sum(fixed.values())
         wsum = sum(weights[g] for g in free)
@@ -630,8 +631,13 @@ class Mixture(Operator):
       with `redistribute: true`, the surplus goes to the other groups (noted in the manifest).
     - Realization: group i gets R_i = target_i / n_i epochs: floor(R_i) whole epochs, then the
       documents first in a seeded draw order (hash of seed and id) until their tokens reach the
-      fraction left (downsampling without replacement when R_i < 1). The draw-order threshold is
-      found from two token histograms, exact to a document.
+      fraction left (downsampling without replacement when R_i < 1). The draw-order cuts on
+      either side of the target are found from two token histograms, exact to a document; which
+      side each group takes is chosen by error diffusion over the groups of each side of a
+      group_share (or boost), so a set's share lands on target even when its groups' documents
+      are larger than their shares (`choose_cuts`). A group still more than 1% of the phase's
+      tokens off its target (or a set's share, e.g. after a cap) gets a manifest note with the
+      figures; phases with a group_share give `share_of` (target, after caps, realized).
     - `phases:` each with a share of the budget and its own method; the draw order runs on across
       phases, so caps hold per document over the schedule and nothing repeats within a phase
       before the whole group was used once in it. Each phase writes its own shard set
@@ -645,6 +651,14 @@ class Mixture(Operator):
       of workers. Shards go to `<output>/<step>.shards/` with manifest.json (tokenizer, sha256,
       dtype, BOS/EOS, per group docs/tokens available and emitted, epochs, target vs realized
       weight, every shard, the blend).
+    - `partition_by: <column>` (Branch-Train-Merge, Li et al. 2022; c-BTM domains from `cluster`):
+      besides the mixture (the pooled seed mix), every document with a group and a value of the
+      column once in its value's own shard set, `<output>/<step>.partitions/<dir>/` (dir: the
+      value made a safe name, never a path; the mapping in the listing), same writing path and
+      shuffle hash, with its manifest (docs, tokens, per-group counts, shards, --data-path, the
+      cluster's top terms when a `cluster` step wrote that column) and `partitions.json` listing
+      them (and the documents without a value, counted). More than `max_partitions` values is an
+      error (a wrong column); a column not in the data is an error naming it before the step works.
     - Rows returned: every input document once with `group` and `epochs` (copies emitted);
       documents never drawn carry `mixture:not_sampled`. Each shard's `.docs.parquet` gives every
       emitted sequence's id, group and epoch.
