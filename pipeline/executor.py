@@ -177,6 +177,25 @@ class SegmentWorker:
 
         return write_shard_refs(refs, shard, n, store_uri, rel_dir)
 
+    # the input's id pre-pass runs on the pool before any unit (pipeline.unique_ids)
+    def scan_file(self, *args):
+        from pipeline.unique_ids import scan_file
+
+        return scan_file(*args)
+
+    def bucket_duplicates(self, *tables):
+        from pipeline.unique_ids import bucket_duplicates
+
+        return bucket_duplicates(*tables)
+
+    def write_duplicates(self, *args):
+        from pipeline.unique_ids import write_duplicates
+
+        return write_duplicates(*args)
+
+    def use_duplicates(self, duplicates) -> None:
+        self.source["duplicates"] = duplicates
+
 
 # -- the driver ------------------------------------------------------------------------------
 @dataclass
@@ -261,9 +280,10 @@ class Executor:
         spec = self.loaded.recipe.input
         return self._route(read_input(spec, self.files, self.opt.max_workers, self._duplicate_ids()), SOURCE, True)
 
-    def _duplicate_ids(self):
+    def _duplicate_ids(self, pool: list | None = None):
         """The input's id pre-pass (pipeline.unique_ids), run once, when a segment first reads
-        the input; reused from an earlier run on the same inputs."""
+        the input (on that segment's ``pool`` of SegmentWorkers when it has one); reused from
+        an earlier run on the same inputs."""
         from pipeline.unique_ids import CHECKED_FORMATS, NONE, check_unique_ids
 
         if self._dups is None:
@@ -273,7 +293,7 @@ class Executor:
                 return self._dups
             self._dups, summary = check_unique_ids(spec, self.files, file_keys(self.files), self.store,
                                                    self.loaded.step_hash(SOURCE), self.opt.resume,
-                                                   self._cluster_cpus())
+                                                   self._cluster_cpus(), pool)
             self.unique_ids = summary
             if summary["reused"]:
                 self.say(f"[gristmill] ids: checked by an earlier run ({summary['duplicates']} repeated)")
@@ -331,7 +351,7 @@ class Executor:
 
         steps = []
         if input_id == SOURCE:
-            source = {"kind": "input", "spec": self.loaded.recipe.input, "duplicates": self._duplicate_ids()}
+            source = {"kind": "input", "spec": self.loaded.recipe.input, "duplicates": None}
             units = input_units(self.loaded.recipe.input, self.files)
             steps.append((SOURCE, None, None, True, 1 << 62))
         else:
@@ -360,6 +380,15 @@ class Executor:
         # max_restarts=0: a failed operator fails the run with its own error (no silent retry)
         actor = ray.remote(SegmentWorker).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
         pool = [actor.remote(steps, self.store.uri, source) for _ in range(size)]
+        if input_id == SOURCE:  # a worker runs its calls in order: this one comes before its units
+            try:
+                dups = self._duplicate_ids(pool)
+            except BaseException:
+                for a in pool:
+                    ray.kill(a)
+                raise
+            for a in pool:
+                a.use_duplicates.remote(dups)
         return units, pool
 
     def _run_pool(self, units: list, pool: list, display: Display) -> tuple[list, list[dict]]:
@@ -395,16 +424,14 @@ class Executor:
     def _write_with_pool(self, pool: list, tables: list, infos: list[dict], target: str) -> dict:
         import ray
 
-        from pipeline.shards import shard_count, summarize, write_empty
+        from pipeline.shards import kept_refs, shard_count, summarize, write_empty
 
         self.store.rmtree(target)
         self.store.makedirs(target)
-        rows = sum(i["rows"] for i in infos)
-        schema = next((i["schema"] for i in infos if i["schema"] is not None), None)
-        if rows == 0:
+        refs, schema = kept_refs(tables, infos)
+        if not refs:
             return write_empty(self.store, target, schema)
         n = shard_count(sum(i["bytes"] for i in infos), self.loaded.recipe.shard_bytes)
-        refs = [t for t, i in zip(tables, infos) if i["rows"]]
         results = ray.get([pool[s % len(pool)].write_shard.remote(refs, s, n, self.store.uri, target)
                            for s in range(n)])
         return summarize(results)
@@ -437,13 +464,10 @@ class Executor:
     def _rows_as_dataset(self, tables: list, infos: list[dict]):
         import ray.data
 
-        refs = [t for t, i in zip(tables, infos) if i["rows"]]
-        if refs:
-            return ray.data.from_arrow_refs(refs)
-        schema = next((i["schema"] for i in infos if i["schema"] is not None), None)
-        empty = schema.empty_table() if schema is not None else pa.table({"id": pa.array([], pa.string()),
-                                                                        "text": pa.array([], pa.string())})
-        return ray.data.from_arrow(empty)
+        from pipeline.shards import kept_refs
+
+        refs, schema = kept_refs(tables, infos)
+        return ray.data.from_arrow_refs(refs) if refs else ray.data.from_arrow(schema.empty_table())
 
     def _run_ray_data(self, target: str, seg: list[str]) -> dict:
         display = self._display(seg)

@@ -14,6 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 SHARD_COL = "_shard"
+# what an empty output holds when no unit said what its rows look like
+EMPTY_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string())])
 
 
 def table_bytes(table: pa.Table) -> int:
@@ -82,9 +84,17 @@ def sizes_of_refs(refs: list) -> list[int]:
     return [table_bytes(t) for t in ray.get(list(refs))]
 
 
+def kept_refs(tables: list, infos: list[dict]) -> tuple[list, pa.Schema]:
+    """The object refs of the work units that kept rows, and the rows' schema (the first unit's
+    that has one; EMPTY_SCHEMA when none has)."""
+    refs = [t for t, i in zip(tables, infos) if i["rows"]]
+    schema = next((i["schema"] for i in infos if i["schema"] is not None), None)
+    return refs, EMPTY_SCHEMA if schema is None else schema
+
+
 def write_empty(store, rel_dir: str, schema: pa.Schema | None) -> dict:
     if schema is None:
-        schema = pa.schema([("id", pa.string()), ("text", pa.string())])
+        schema = EMPTY_SCHEMA
     store.write_table(f"{rel_dir}/part-00000.parquet", schema.empty_table())
     return {"rows": 0, "bytes": 0, "files": 1}
 

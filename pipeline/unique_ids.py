@@ -107,6 +107,11 @@ def _parquet_ids(path: str, id_col: str) -> pa.Table:
     return pa.concat_tables(parts) if parts else ID_POSITIONS.empty_table()
 
 
+# JSON's two-character escapes: a key may spell these characters so (any character as \uXXXX)
+_SHORT_ESCAPES = {'"': b'\\"', "\\": b"\\\\", "/": b"\\/", "\b": b"\\b", "\f": b"\\f", "\n": b"\\n",
+                  "\r": b"\\r", "\t": b"\\t"}
+
+
 def _jsonl_ids(path: str, id_col: str, text_col: str) -> pa.Table:
     """Each line's id exactly as read_jsonl_batches gets it (same line numbers, BOM, size guard,
     str() of a non-string id, lone surrogates replaced). A line is parsed only when it can hold
@@ -114,7 +119,7 @@ def _jsonl_ids(path: str, id_col: str, text_col: str) -> pa.Table:
     import pipeline.io as io
 
     needle = json.dumps(id_col).encode()
-    escapes = [b"\\u"] + [json.dumps(c).encode()[1:-1] for c in set(id_col) if len(json.dumps(c)) > 3]
+    escapes = [b"\\u"] + [_SHORT_ESCAPES[c] for c in sorted(set(id_col)) if c in _SHORT_ESCAPES]
     ids, pos = [], []
     if id_col == text_col:
         return ID_POSITIONS.empty_table()  # the reader takes the field as the text: no ids given
@@ -223,11 +228,30 @@ def duplicates_in_file(path: str, key: str, fmt: str, id_col: str, text_col: str
 
 
 # -- the driver side ---------------------------------------------------------------------------
-def check_unique_ids(spec, files: list[str], keys: list[str], store, input_hash: str,
-                     resume: bool = True, cpus: float = 1) -> tuple[DuplicateIds, dict]:
-    """Run the pre-pass (or reuse the one complete for ``input_hash``); (DuplicateIds, summary).
-    The summary is {ids, duplicates, wall_s, reused} (a few numbers)."""
+_TASKS: dict = {}
+
+
+def _task(fn, n_returns: int = 1):
+    """``fn`` as a Ray task (made once per process: a remote function is exported on first use)."""
     import ray
+
+    if fn.__name__ not in _TASKS:
+        _TASKS[fn.__name__] = ray.remote(num_cpus=1)(fn)
+    return _TASKS[fn.__name__].options(num_returns=n_returns)
+
+
+def check_unique_ids(spec, files: list[str], keys: list[str], store, input_hash: str,
+                     resume: bool = True, cpus: float = 1, workers: list | None = None) -> tuple[DuplicateIds, dict]:
+    """Run the pre-pass (or reuse the one complete for ``input_hash``); (DuplicateIds, summary).
+    The summary is {ids, duplicates, wall_s, reused} (a few numbers). ``workers``: actors with
+    scan_file / bucket_duplicates / write_duplicates methods (the segment's pool, whose processes
+    are warm) to run it on, round robin; None: Ray tasks (each new worker process pays its imports)."""
+    import ray
+
+    def call(k: int, fn, n_returns: int = 1):
+        if workers:
+            return getattr(workers[k % len(workers)], fn.__name__).options(num_returns=n_returns)
+        return _task(fn, n_returns)
 
     path = store.full(store.path(DIR, FILE))
     if resume:
@@ -240,16 +264,15 @@ def check_unique_ids(spec, files: list[str], keys: list[str], store, input_hash:
     t0 = time.perf_counter()
     store.rmtree(DIR)
     n_buckets = max(1, min(256, len(files), int(2 * cpus)))
-    scan = ray.remote(num_cpus=1)(scan_file).options(num_returns=n_buckets + 1)
-    outs = [scan.remote(f, i, spec.format, spec.id_column, spec.text_column, n_buckets) for i, f in enumerate(files)]
+    outs = [call(i, scan_file, n_buckets + 1).remote(f, i, spec.format, spec.id_column, spec.text_column, n_buckets)
+            for i, f in enumerate(files)]
     sizes = ray.get([o[0] for o in outs])  # rows per bucket per file: a few ints per file
     per_bucket = [sum(s[b] for s in sizes) for b in range(n_buckets)]
-    find = ray.remote(num_cpus=1)(bucket_duplicates)
-    dup_refs = [find.remote(*[o[1 + b] for o in outs]) for b in range(n_buckets) if per_bucket[b] > 1]
+    dup_refs = [call(b, bucket_duplicates).remote(*[o[1 + b] for o in outs])
+                for b in range(n_buckets) if per_bucket[b] > 1]
     n_dups = 0
     if dup_refs:
-        n_dups = ray.get(ray.remote(num_cpus=1)(write_duplicates).remote(
-            keys, position_word(spec.format), store.uri, *dup_refs))
+        n_dups = ray.get(call(0, write_duplicates).remote(keys, position_word(spec.format), store.uri, *dup_refs))
     del outs, dup_refs
     summary = {"hash": input_hash, "ids": sum(per_bucket), "duplicates": n_dups,
                "wall_s": round(time.perf_counter() - t0, 3)}

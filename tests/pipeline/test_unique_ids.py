@@ -202,3 +202,16 @@ def test_files_without_ids_are_not_scanned(tmp_path, fmt):
     else:
         pq.write_table(pa.table({"text": ["no id column"]}), p)
     assert given_ids(str(p), fmt, "id", "text").num_rows == 0
+
+
+def test_an_id_key_spelled_with_escapes_is_still_seen(tmp_path):
+    """The JSONL scan skips lines that cannot hold the id key, never one that spells it with escapes."""
+    from pipeline.unique_ids import duplicates_in_file
+
+    p = tmp_path / "e.jsonl"
+    p.write_bytes(b'{"\\u0069d": "e", "text": "escaped key"}\n{"id": "e", "text": "plain key"}\n'
+                  b'{"i\\/d": "s", "text": "slash"}\n{"i/d": "s", "text": "slash again"}\n')
+    assert duplicates_in_file(str(p), "e.jsonl", "jsonl", "id", "text") == {
+        2: "input:duplicate_id 'e' at line 2 of e.jsonl (first at line 1)"}
+    assert duplicates_in_file(str(p), "e.jsonl", "jsonl", "i/d", "text") == {
+        4: "input:duplicate_id 's' at line 4 of e.jsonl (first at line 3)"}
