@@ -297,13 +297,17 @@ def plan_phases(available: dict[str, int], phases: list[Phase], total_tokens: fl
     return out
 
 
-def whole_document_note(ph: dict, group: str, target: float, got: int, lower: int, upper: int) -> str:
+def whole_document_note(ph: dict, group: str, target: float, got: int, lower: int, upper: int,
+                        ahead: float = 0.0) -> str:
     """Why a group misses its target by more than 1% of the phase: documents are whole."""
     budget = ph["budget"]
+    cut = f" (the document at the cut holds {upper - lower:,})" if upper > lower else ""
+    carry = (f", after earlier phases gave it {ahead:+,.0f} tokens against their targets" if abs(ahead) >= 1
+             else "")
     return (f"{ph['name']}: group {group!r} gets {got:,} tokens for a target of {target:,.0f} "
             f"({got - target:+,.0f}, {abs(got - target) / budget:.2%} of the phase's {budget:,.0f}): documents "
-            f"are whole and the nearest cuts of its draw order give {lower:,} or {upper:,} tokens (the document "
-            f"at the cut holds {upper - lower:,}); the other groups of its side absorb the difference")
+            f"are whole and the cuts of its draw order around the target give {lower:,} or {upper:,} tokens in "
+            f"this phase{cut}{carry}; the other groups of its side absorb the difference")
 
 
 # -- per-document draws (workers) -------------------------------------------------------------
@@ -413,13 +417,14 @@ def choose_cuts(phases: list[dict], available: dict[str, int], cum: dict[str, np
     first (a phase that must not move them, a cap), then the others from the coarsest cut to the
     finest, and each takes the side that brings the running sum nearest to zero. A first pass
     takes only sides within `tolerance` of the phase's tokens of the group's own target (when one
-    is); if that leaves the block's sum above half the tolerance, a pass without that preference
-    (whose sum stays within half the coarsest cut, the fine groups at the end pulling it to a few
-    tokens) wins when it does better: a schedule's shares matter more than one group's.
+    is); if that leaves the block's sum above half the tolerance, the groups' tolerance doubles
+    until it does not, and last a pass without that preference (whose sum stays within half the
+    coarsest cut, the fine groups at the end pulling it to a few tokens); the best pass wins: a
+    schedule's shares matter more than one group's.
     The cumulative cut never moves back (a phase emits >= 0 copies) nor past max_epochs.
     Returns {"groups": {g: {"whole": [...], "thresh": [...]}}, "tokens": [{g: tokens} per phase],
-    "wide": [[(g, target, tokens, lower cut, upper cut)] per phase]} (wide: groups no cut brings
-    within tolerance)."""
+    "wide": [[(g, target, tokens, lower cut, upper cut, tokens ahead before)] per phase]} (wide:
+    groups no cut brings within tolerance)."""
     groups = sorted(available)
     pos = {g: (0, 0, 0) for g in groups}  # (cumulative tokens, whole epochs, threshold) chosen so far
     dev = {g: 0.0 for g in groups}  # chosen minus target, cumulative
@@ -440,13 +445,15 @@ def choose_cuts(phases: list[dict], available: dict[str, int], cum: dict[str, np
         def err(g, o):
             return (o[0] - cands[g][0]) - dev[g]  # this phase's tokens minus this phase's target
 
-        def diffuse(block, prefer_near):
+        def diffuse(block, near_tol):
             running, picks = 0.0, {}
             # groups with one possible cut first (their error is forced), then coarse to fine
             for g in sorted(block, key=lambda g: (len(cands[g][1]) > 1, -(max(o[0] for o in cands[g][1]) -
                                                                           min(o[0] for o in cands[g][1])), g)):
                 opts = cands[g][1]
-                near = [o for o in opts if abs(err(g, o)) <= tol] if prefer_near else []
+                near = [o for o in opts if abs(err(g, o)) <= near_tol]
+                if not near and near_tol >= 0:  # none within: the nearest, the others compensate
+                    near = [min(opts, key=lambda o: (abs(err(g, o)), o[0]))]
                 picks[g] = min(near or opts, key=lambda o: (abs(running + err(g, o)), abs(err(g, o)), o[0]))
                 running += err(g, picks[g])
             return abs(running), picks
@@ -454,18 +461,22 @@ def choose_cuts(phases: list[dict], available: dict[str, int], cum: dict[str, np
         got, wide = {}, []
         for block in blocks:
             # keep every group within tolerance when that also keeps the block's sum within half
-            # of it; else the block's sum wins (a schedule's shares matter more than one group)
-            miss, picks = diffuse(block, True)
-            if miss > tol / 2:
-                miss_free, free = diffuse(block, False)
-                if miss_free < miss:
-                    picks = free
+            # of it; else widen the groups' tolerance (x2, x4, ...) until the block's sum is
+            # (a schedule's shares matter more than one group), keeping the best pass
+            best = None
+            for near_tol in [tol * 2 ** k for k in range(8)] + [-1.0]:  # -1: no preference
+                miss, picks = diffuse(block, near_tol)
+                if best is None or miss < best[0]:
+                    best = (miss, picks)
+                if miss <= tol / 2:
+                    break
+            picks = best[1]
             for g in sorted(block):
                 pick, e = picks[g], err(g, picks[g])
                 if abs(e) > tol:
                     opts = cands[g][1]
                     wide.append((g, ph["targets"][g], pick[0] - pos[g][0], min(o[0] for o in opts) - pos[g][0],
-                                 max(o[0] for o in opts) - pos[g][0]))
+                                 max(o[0] for o in opts) - pos[g][0], dev[g]))
                 got[g] = pick[0] - pos[g][0]
                 dev[g] = pick[0] - cands[g][0]
                 pos[g] = pick

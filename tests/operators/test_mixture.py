@@ -107,7 +107,7 @@ def test_whole_documents_keep_a_sets_share_and_the_manifest_says_why():
         man = phase_manifest(ph, summary, {0: "mixed/part_00000"}, {g: 1 for g in available}, available,
                              MixtureParams(layout="mixed"))
         assert man["share_of"]["target"] == want and abs(man["share_of"]["realized"] - want) <= 0.01
-        g, target, tokens, lower, upper = next(iter(wide.values()))
+        g, target, tokens, lower, upper, _ = next(iter(wide.values()))
         note = next(n for n in man["notes"] if f"group {g!r}" in n)
         assert f"{tokens:,} tokens for a target of {target:,.0f}" in note and f"{lower:,} or {upper:,}" in note
 
