@@ -30,6 +30,8 @@ import threading
 import numpy as np
 import polars as pl
 
+from operators import _word_rules
+
 # Python's str.isspace() chars (what spaCy splits on) that the Rust \s class lacks
 _WS = r"[\s\x1c-\x1f]"
 _CHUNK = r"[^\s\x1c-\x1f]+"
@@ -117,44 +119,110 @@ def _rust_ok(p: str) -> bool:
 
 
 class SpacyRules:
-    """The tokenizer rules of one spaCy language, compiled for vectorized use."""
+    """The tokenizer rules of one spaCy language, compiled for vectorized use.
+
+    Everything here is read from the per-machine cache of ``operators._word_rules`` (built from
+    ``spacy.blank(code)`` the first time a machine meets the language): no spaCy import and no
+    regex compilation in the worker that uses them."""
 
     def __init__(self, code: str):
-        import spacy
-
+        data = rules_data(code)
         self.code = code
-        nlp = spacy.blank(code)
-        tok = nlp.tokenizer
-        d = nlp.Defaults
-        self.special = {k: " ".join(_orths(v)) for k, v in (tok.rules or {}).items()}
+        self.special = {k: " ".join(v) for k, v in data["special"].items()}
         self.special_keys = pl.Series("k", list(self.special), pl.String)
         self.special_df = pl.DataFrame({"chunk": list(self.special), "tokens": list(self.special.values())},
                                        schema={"chunk": pl.String, "tokens": pl.String})
         # special keys that look "simple" must take the slow path
-        self.simple_specials = [k for k in self.special if re.fullmatch(r"(?:[^\W\d_]|\d)+", k)]
-        self.tokenizer = tok
-        self._defaults = d
-        self._compiled = False
+        self.simple_specials = data["simple_specials"]
+        self.prefix_groups = [(pat, la, neg) for pat, la, neg in data["prefix_groups"]]
+        self.suffix_groups = data["suffix_groups"]
+        self.infix_re, self.infix_repl = data["infix_re"], data["infix_repl"]
+        self.url_re = data["url_re"]
+        self.post_re = data["post_re"]
+        self.token_match_re = data["token_match_re"]
+        spec = data["tokenizer"]
+        self._py = _word_rules.PyTokenizer(spec, data["special"]) if spec is not None else None
+        self._spacy_tok = None
 
     def compile(self) -> "SpacyRules":
-        """Regexes for the vectorized path (built on first use: spaCy itself serves small groups)."""
-        if self._compiled:
-            return self
-        d, tok = self._defaults, self.tokenizer
-        # spaCy's compile_*_regex skip blank entries
-        self.prefix_groups = _prefix_groups([e for e in (d.prefixes or []) if e.strip()])
-        self.suffix_groups = _suffix_groups([e for e in (d.suffixes or []) if e.strip()])
-        self.infix_re, self.infix_repl = _infix_regex([e for e in (d.infixes or []) if e.strip()])
-        self.url_re = _url_regex(d.url_match)
-        self.post_re = _special_sequences(tok)
-        tm = d.token_match
-        self.token_match_re = None
-        if tm is not None and hasattr(tm, "__self__") and hasattr(tm.__self__, "pattern"):
-            pat = tm.__self__.pattern
-            if _rust_ok(pat):
-                self.token_match_re = f"^(?:{pat})" if not pat.startswith("^") else pat
-        self._compiled = True
-        return self
+        return self  # kept for callers: the patterns come compiled from the cache
+
+    @property
+    def token_match(self):
+        """spaCy's token_match (a compiled Python regex's ``match``) or None."""
+        if self._py is not None:
+            return self._py.token_match
+        return self._spacy().token_match
+
+    def tokenize(self, chunk: str) -> list[str]:
+        """``nlp.tokenizer(chunk)``'s token texts (whitespace tokens included)."""
+        if self._py is not None:
+            return self._py(chunk)
+        tok = self._spacy()
+        vocab = tok.vocab
+        with vocab.memory_zone() if hasattr(vocab, "memory_zone") else _nullcontext():
+            return [w.text for w in tok(chunk)]
+
+    def _spacy(self):
+        """spaCy's own tokenizer, only for a language whose rules PyTokenizer cannot run."""
+        if self._spacy_tok is None:
+            import spacy
+
+            self._spacy_tok = spacy.blank(self.code).tokenizer
+        return self._spacy_tok
+
+
+def rules_data(code: str) -> dict:
+    """Everything SpacyRules needs for ``code``, from the disk cache (built on a miss)."""
+    return _word_rules.cached(f"rules-{code}", lambda: _build_rules(code), lambda d: _valid_rules(d, code))
+
+
+def _build_rules(code: str) -> dict:
+    import spacy
+
+    nlp = spacy.blank(code)
+    tok, d = nlp.tokenizer, nlp.Defaults
+    special = {k: _orths(v) for k, v in (tok.rules or {}).items()}
+    token_match_re = None
+    tm = d.token_match
+    if tm is not None and hasattr(tm, "__self__") and hasattr(tm.__self__, "pattern"):
+        pat = tm.__self__.pattern
+        if _rust_ok(pat):
+            token_match_re = f"^(?:{pat})" if not pat.startswith("^") else pat
+    # spaCy's compile_*_regex skip blank entries
+    infix_re, infix_repl = _infix_regex([e for e in (d.infixes or []) if e.strip()])
+    return {
+        "code": code,
+        "special": special,
+        "simple_specials": [k for k in special if re.fullmatch(r"(?:[^\W\d_]|\d)+", k)],
+        "prefix_groups": [list(g) for g in _prefix_groups([e for e in (d.prefixes or []) if e.strip()])],
+        "suffix_groups": _suffix_groups([e for e in (d.suffixes or []) if e.strip()]),
+        "infix_re": infix_re,
+        "infix_repl": infix_repl,
+        "url_re": _url_regex(d.url_match),
+        "post_re": _special_sequences(tok),
+        "token_match_re": token_match_re,
+        "tokenizer": _word_rules.tokenizer_spec(tok, special),
+    }
+
+
+def _valid_rules(d: dict, code: str) -> bool:
+    def opt_str(x):
+        return x is None or isinstance(x, str)
+
+    return (
+        d.get("code") == code
+        and isinstance(d.get("special"), dict)
+        and all(isinstance(k, str) and isinstance(v, list) and all(isinstance(t, str) for t in v)
+                for k, v in d["special"].items())
+        and isinstance(d.get("simple_specials"), list) and all(isinstance(k, str) for k in d["simple_specials"])
+        and isinstance(d.get("prefix_groups"), list)
+        and all(isinstance(g, list) and len(g) == 3 and isinstance(g[0], str) and opt_str(g[1])
+                and isinstance(g[2], bool) for g in d["prefix_groups"])
+        and isinstance(d.get("suffix_groups"), list) and all(isinstance(g, str) for g in d["suffix_groups"])
+        and all(opt_str(d.get(k, 0)) for k in ("infix_re", "infix_repl", "url_re", "post_re", "token_match_re"))
+        and "tokenizer" in d and _word_rules.valid_spec(d["tokenizer"])
+    )
 
 
 def _special_sequences(t) -> str | None:
@@ -305,13 +373,29 @@ def rules_for(language: str | None) -> tuple[str, bool]:
 
 @functools.lru_cache(maxsize=None)
 def _spacy_has(code: str) -> bool:
-    try:
-        import spacy
+    """spaCy has rules for ``code`` (remembered on disk: asking spaCy means importing it)."""
+    def ask() -> dict:
+        try:
+            import spacy
 
-        spacy.util.get_lang_class(code)
-        return True
-    except Exception:
-        return False
+            spacy.util.get_lang_class(code)
+            return {"available": True}
+        except Exception:
+            return {"available": False}
+
+    return _word_rules.cached(f"lang-{code}", ask, lambda d: isinstance(d.get("available"), bool))["available"]
+
+
+@functools.lru_cache(maxsize=1)
+def sentencizer_punct_chars() -> list[str]:
+    """spaCy's ``Sentencizer.default_punct_chars`` (from the cache: no spaCy import)."""
+    def build() -> dict:
+        from spacy.pipeline import Sentencizer
+
+        return {"sentencizer_punct": list(Sentencizer.default_punct_chars)}
+
+    return _word_rules.cached("common", build, lambda d: isinstance(d.get("sentencizer_punct"), list)
+                              and all(isinstance(c, str) for c in d["sentencizer_punct"]))["sentencizer_punct"]
 
 
 _rules_lock = threading.Lock()
@@ -325,6 +409,22 @@ def get_rules(code: str) -> SpacyRules:
         return _RULES[code]
 
 
+def forget_rules() -> None:
+    """Drop this process's rules (tests: the next use reads them from the disk cache again)."""
+    with _rules_lock:
+        _RULES.clear()
+    _spacy_has.cache_clear()
+    sentencizer_punct_chars.cache_clear()
+
+
+def warm(codes: list[str]) -> None:
+    """Build the disk cache for these languages (``python -m operators._words warm en fr ...``)."""
+    for lang in codes:
+        code, _ = rules_for(lang)
+        get_rules(code)
+    sentencizer_punct_chars()
+
+
 # -- the vectorized tokenizer -----------------------------------------------------------------
 PY_TOKEN_MATCH = 20000
 
@@ -333,7 +433,7 @@ def _token_match(r: SpacyRules, chunks: pl.Series) -> np.ndarray:
     """spaCy's token_match per chunk. Some are huge (French: 1.4 MB of exceptions); polars keeps
     few compiled regexes, so with several languages per batch it would compile it again every
     batch (~0.2 s): below PY_TOKEN_MATCH chunks spaCy's own compiled pattern is cheaper."""
-    tm = r._defaults.token_match
+    tm = r.token_match
     if len(chunks) < PY_TOKEN_MATCH and tm is not None:
         return np.fromiter((tm(c) is not None for c in chunks.to_list()), bool, len(chunks))
     return chunks.str.contains(r.token_match_re).fill_null(False).to_numpy()
@@ -434,10 +534,7 @@ def _tokenize_complex(chunks: pl.Series, r: SpacyRules) -> pl.Series:
         slow |= out.str.contains(r.post_re).fill_null(False).to_numpy()
     idx = np.flatnonzero(slow)
     if len(idx):
-        vocab = r.tokenizer.vocab
-        with vocab.memory_zone() if hasattr(vocab, "memory_zone") else _nullcontext():
-            fixed = [_SEP.join(w.text for w in r.tokenizer(c) if not w.is_space) for c in chunks.gather(idx).to_list()]
-        out = out.scatter(idx, pl.Series(fixed, dtype=pl.String))
+        out = out.scatter(idx, pl.Series(_spacy_tokens(r, chunks.gather(idx).to_list()), dtype=pl.String))
     return out
 
 
@@ -486,9 +583,8 @@ SMALL = 400  # below this many distinct non-trivial chunks, spaCy itself is chea
 
 
 def _spacy_tokens(r: "SpacyRules", chunks: list[str]) -> list[str]:
-    vocab = r.tokenizer.vocab
-    with vocab.memory_zone() if hasattr(vocab, "memory_zone") else _nullcontext():
-        return [_SEP.join(w.text for w in r.tokenizer(c) if not w.is_space) for c in chunks]
+    """spaCy's tokenization of each chunk (PyTokenizer: the same algorithm, no spaCy)."""
+    return [_SEP.join(t for t in r.tokenize(c) if not t.isspace()) for c in chunks]
 
 
 def split_words(texts: pl.Series, languages: pl.Series | None = None) -> tuple[np.ndarray, pl.Series]:
@@ -563,3 +659,12 @@ def split_words(texts: pl.Series, languages: pl.Series | None = None) -> tuple[n
     if not keep.all():
         doc, tokens = doc[keep], tokens.filter(pl.Series(keep))
     return doc, tokens
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] != ["warm"]:
+        sys.exit("usage: python -m operators._words warm LANG [LANG ...]")
+    warm(sys.argv[2:] or ["en"])
+    print(f"word rules cached under {_word_rules.cache_dir()}")

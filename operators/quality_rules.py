@@ -610,9 +610,7 @@ class C4Quality(Operator):
 def _count_sentences(lines: pl.Series, langs: pl.Series) -> np.ndarray:
     """len(split_into_sentences(line, language)) for each line: spaCy's sentencizer over the same
     tokens, or datatrove's regex for languages on its whitespace fallback tokenizer."""
-    from spacy.pipeline import Sentencizer
-
-    from operators._words import rules_for, split_words
+    from operators._words import sentencizer_punct_chars, split_words
 
     out = np.zeros(len(lines), np.int64)
     if not len(lines):
@@ -630,7 +628,7 @@ def _count_sentences(lines: pl.Series, langs: pl.Series) -> np.ndarray:
     idx = np.flatnonzero(~fallback)
     if len(idx):
         doc, tok = split_words(lines.gather(idx), langs.gather(idx))
-        pc = pl.Series(list(Sentencizer.default_punct_chars), dtype=pl.String)
+        pc = pl.Series(sentencizer_punct_chars(), dtype=pl.String)
         in_pc = tok.is_in(pc.implode()).to_numpy()
         is_punct = tok.str.contains(r"^\p{P}+$").to_numpy()
         word = ~in_pc & ~is_punct
