@@ -35,3 +35,32 @@ def test_clusters_separate_languages_and_name_their_terms(ray_session, tmp_path)
     terms = json.loads((tmp_path / "dom.clusters.json").read_text())["top_terms"]
     assert len(terms) == 3 and all(len(t) >= 3 for t in terms.values())
     assert any(any(ch.isascii() for w in ts for ch in w) for ts in terms.values())  # an English cluster
+
+
+def test_partitions_by_cluster_carry_the_top_terms(ray_session, tmp_path):
+    """c-BTM end to end in-process: cluster -> tokens -> mixture partition_by the cluster column:
+    each domain's shard set names its cluster's top terms (from <output>/<step>.clusters.json)."""
+    import ray.data
+
+    from operators.mixture import Mixture
+    from operators.tokenize import DEFAULT_TOKENIZER, load_tokenizer
+
+    docs = [d for d in multilingual_docs(300, seed=5) if d["lang"] in ("en", "ru", "zh")]
+    table = pa.table({"id": [d["id"] for d in docs], "text": [d["text"] for d in docs]})
+    ctx = RunContext(step_id="dom", output_dir=str(tmp_path))
+    clustered = pa.concat_tables(ray_session.get(
+        Cluster(k=3, sample_size=100, seed=1).run(ray.data.from_arrow(table), ctx).to_arrow_refs()))
+    tok, _ = load_tokenizer(DEFAULT_TOKENIZER)
+    ids = [e.ids for e in tok.encode_batch(clustered.column("text").to_pylist())]
+    clustered = clustered.append_column("tokens", pa.array(ids, pa.list_(pa.int32()))) \
+        .append_column("n_tokens", pa.array([len(i) for i in ids], pa.int64()))
+    Mixture(group_by="domain", partition_by="domain", layout="mixed").run(
+        ray.data.from_arrow(clustered), RunContext(step_id="mix", output_dir=str(tmp_path)))
+    terms = json.loads((tmp_path / "dom.clusters.json").read_text())["top_terms"]
+    listing = json.loads((tmp_path / "mix.partitions" / "partitions.json").read_text())
+    labels = clustered.column("domain").to_pylist()
+    assert {e["value"] for e in listing["partitions"]} == set(labels)
+    for e in listing["partitions"]:
+        man = json.loads((tmp_path / "mix.partitions" / e["dir"] / "manifest.json").read_text())
+        assert man["top_terms"] == e["top_terms"] == terms[e["value"]] and man["terms_from"] == "dom.clusters.json"
+        assert man["docs"] == labels.count(e["value"])
