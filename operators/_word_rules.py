@@ -204,7 +204,9 @@ def tokenizer_spec(tok, special: dict[str, list[str]]) -> dict | None:
         if (not tok.faster_heuristics or tok.find_prefix(key) or tok.find_infix(key) or tok.find_suffix(key)
                 or " " in key):
             matcher.append([key, [w.text for w in bare(key)]])
-    probes = sorted(special) + [p for _, pieces in matcher for p in pieces] + _PROBES
+    # probes for the packed regexes: a spread of the special cases (Indonesian has 16k) and pieces
+    keys = sorted(special)
+    probes = keys[::max(1, len(keys) // 500)] + [p for _, pieces in matcher[:500] for p in pieces] + _PROBES
     return {"regex": {k: None if v is None else pack_regex(v, probes) for k, v in rx.items()},
             "matcher": matcher}
 
