@@ -244,7 +244,7 @@ def check_unique_ids(spec, files: list[str], keys: list[str], store, input_hash:
                      resume: bool = True, cpus: float = 1, workers: list | None = None) -> tuple[DuplicateIds, dict]:
     """Run the pre-pass (or reuse the one complete for ``input_hash``); (DuplicateIds, summary).
     The summary is {ids, duplicates, wall_s, reused} (a few numbers). ``workers``: actors with
-    scan_file / bucket_duplicates / write_duplicates methods (the segment's pool, whose processes
+    ready / scan_file / bucket_duplicates / write_duplicates methods (the segment's pool, whose processes
     are warm) to run it on, round robin; None: Ray tasks (each new worker process pays its imports)."""
     import ray
 
@@ -261,6 +261,8 @@ def check_unique_ids(spec, files: list[str], keys: list[str], store, input_hash:
             done = None
         if done and done.get("hash") == input_hash:
             return DuplicateIds(path if done["duplicates"] else None), {**done, "reused": True}
+    if workers:  # wait for the pool to be up, so that wall_s is the check's own time
+        ray.get([w.ready.remote() for w in workers])
     t0 = time.perf_counter()
     store.rmtree(DIR)
     n_buckets = max(1, min(256, len(files), int(2 * cpus)))
