@@ -12,7 +12,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-import operators.mixture as mixture
 from operators.mixture import MixtureError
 from pipeline.executor import RunOptions, run_recipe
 from pipeline.recipe import load_recipe
@@ -63,19 +62,12 @@ def runs(ray_session, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("parts")
     data = corpus(tmp)
     out = {}
-    small = mixture.SMALL_BYTES
-    try:
-        for workers in (2, 1):
-            # 2 workers: the shuffle-by-shard write path (the driver picks it from SMALL_BYTES);
-            # 1 worker: one task writes every shard. Both must give the same bytes.
-            mixture.SMALL_BYTES = 0 if workers == 2 else small
-            d = tmp / f"w{workers}"
-            d.mkdir()
-            stats = run_recipe(load_recipe(recipe(d, data, MIX)),
-                               RunOptions(output=str(d / "out"), max_workers=workers, quiet=True))
-            out[workers] = (d / "out", stats)
-    finally:
-        mixture.SMALL_BYTES = small
+    for workers in (2, 1):
+        d = tmp / f"w{workers}"
+        d.mkdir()
+        stats = run_recipe(load_recipe(recipe(d, data, MIX)),
+                           RunOptions(output=str(d / "out"), max_workers=workers, quiet=True))
+        out[workers] = (d / "out", stats)
     return data, out
 
 
