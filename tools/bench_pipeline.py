@@ -6,6 +6,7 @@ fresh process (start-up included), on the same files and cores, ratios from one 
     python tools/bench_pipeline.py filters --docs 12000  # LID + 4 filters vs datatrove
     python tools/bench_pipeline.py front --repeat 4      # WARC->extract->LID->4 filters vs datatrove
     python tools/bench_pipeline.py workers --repeat 4    # the front with --workers 1 vs 2
+    python tools/bench_pipeline.py wordsetup --langs en,fr  # word splitter set-up per language, CPU s
     python tools/bench_pipeline.py all
 
 Corpora: the scale corpus from ../shared/data/make_scale_corpus.py (written once under --tmp,
@@ -193,8 +194,39 @@ def bench_workers(tmp: pathlib.Path, a) -> dict:
             "ratio": round(one / two, 3)}
 
 
+WORD_SETUP = """import sys, time
+t0 = time.process_time()
+import polars as pl
+from operators import _words as w
+t1 = time.process_time()
+texts = ["Hello, world! l'homme don't z.B. (the) e.g. http://x.com/a 3:00 «Bonjour» peut-être geht’s ...,; " * 3] * 50
+w.split_words(pl.Series(texts), pl.Series([sys.argv[1]] * len(texts)))
+print(time.process_time() - t1, "spacy" in sys.modules)
+"""
+
+
+def bench_wordsetup(tmp: pathlib.Path, a) -> dict:
+    """CPU seconds a fresh process spends before the word splitter's first 50 documents of one
+    language (imports excluded): cold (an empty rules cache: spaCy builds them) and warm (read back)."""
+    before = load()
+    out = {"bench": "wordsetup"}
+    cold_dir = tmp / "words-cache-cold"
+    shutil.rmtree(cold_dir, ignore_errors=True)
+    for lang in a.langs.split(","):
+        row = []
+        for label in ("cold", "warm"):  # the cold run fills cold_dir, the warm run reads it
+            proc = subprocess.run([PY, "-c", WORD_SETUP, lang], cwd=ROOT, capture_output=True, text=True, check=True,
+                                  env={**os.environ, "GRISTMILL_WORDS_CACHE": str(cold_dir)})
+            cpu, spacy = proc.stdout.split()
+            row.append(f"{label} {float(cpu):5.2f} s (spaCy imported: {spacy})")
+            out[f"{lang}_{label}_cpu_s"] = round(float(cpu), 3)
+        print(f"wordsetup    {lang:4s} " + "   ".join(row), flush=True)
+    print(f"wordsetup    load {before} -> {load()}", flush=True)
+    return out
+
+
 BENCHES = {"quickstart": bench_quickstart, "passthrough": bench_passthrough, "filters": bench_filters,
-           "front": bench_front, "workers": bench_workers}
+           "front": bench_front, "workers": bench_workers, "wordsetup": bench_wordsetup}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docs-per-shard", type=int, help="scale-corpus rows per file (passthrough 50000, filters 3000)")
     ap.add_argument("--repeat", type=int, default=4, help="copies of the 990 web pages (front, workers)")
     ap.add_argument("--tasks", type=int, default=os.cpu_count() or 2, help="datatrove tasks = workers")
+    ap.add_argument("--langs", default="en,fr,id,de,it,ru,ar,nl", help="languages (wordsetup)")
     ap.add_argument("--tmp", default="/tmp/gristmill-bench")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args(argv)
