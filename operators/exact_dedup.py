@@ -37,6 +37,12 @@ def duplicates_in_partition(keys: pa.Table) -> pa.Table:
     return out.to_arrow().cast(pa.schema([("id", pa.string()), ("dup_of", pa.string())]))
 
 
+def _duplicates_of_parts(*parts: pa.Table) -> pa.Table:
+    empty = pa.table({"id": pa.array([], pa.string()), KEYS[0]: pa.array([], pa.uint64()),
+                      KEYS[1]: pa.array([], pa.uint64())})
+    return duplicates_in_partition(pa.concat_tables(parts) if parts else empty)
+
+
 @register
 class ExactDedup(Operator):
     """Keep one document per normalized text (the smallest id); the others get drop_reason
@@ -56,6 +62,12 @@ class ExactDedup(Operator):
         p = self.params
         keys = ds.map_batches(text_hashes, fn_args=(p.lowercase, p.collapse_whitespace),
                               batch_format="pyarrow", batch_size=self.resources.batch_size).materialize()
+        if keys.size_bytes() <= BROADCAST_BYTES:
+            # a few MB of keys: one task finds the duplicates; a hash shuffle would start its
+            # aggregator processes (seconds) for them. Its result is smaller than the keys, so
+            # it goes to every worker through the object store as below
+            dups = ray.remote(_duplicates_of_parts).remote(*keys.to_arrow_refs())
+            return ds.map_batches(_mark_broadcast, fn_args=([dups],), batch_format="pyarrow")
         n = ctx.num_partitions(nbytes=keys.size_bytes())
         dups = keys.repartition(n, keys=KEYS).map_batches(duplicates_in_partition, batch_format="pyarrow",
                                                          batch_size=None).materialize()
