@@ -1,7 +1,6 @@
 """mixture: weights against hand-computed values, epoch caps, realization, shards through the engine."""
 from __future__ import annotations
 
-import hashlib
 import json
 import pathlib
 import textwrap
@@ -17,6 +16,7 @@ from operators.mixture import (Method, MixtureError, MixtureParams, Phase, cappe
                                whole_document_note)
 from pipeline.executor import RunOptions, run_recipe
 from pipeline.recipe import load_recipe
+from tests._files import tree_digest as digest
 
 
 # -- weights, by hand ------------------------------------------------------------------------
@@ -155,11 +155,6 @@ def recipe(tmp: pathlib.Path, data: pathlib.Path, mix: str) -> str:
           - {{id: mix, op: mixture, params: {mix}}}
         """))
     return str(path)
-
-
-def digest(root: pathlib.Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 MIX = ("{group_by: language, unimax: {max_epochs: 3}, total_tokens: 20000, shard_tokens: 4000, "

@@ -2,7 +2,6 @@
 clean run (the replay of a crash's leftovers is in test_mixture.py; this one kills a real run)."""
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 import signal
@@ -17,6 +16,7 @@ import pyarrow.parquet as pq
 
 from pipeline.executor import RunOptions, run_recipe
 from pipeline.recipe import load_recipe
+from tests._files import tree_digest as digest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -47,11 +47,6 @@ def recipe(tmp: pathlib.Path, data: pathlib.Path, out: pathlib.Path) -> str:
               redistribute: true, shard_tokens: 1500, layout: per_group}}}}
         """))
     return str(path)
-
-
-def digest(root: pathlib.Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_sigkilled_run_resumes_to_the_bytes_of_a_clean_run(ray_session, tmp_path):

@@ -1,7 +1,6 @@
 """mixture partition_by: one megatron shard set per domain (Branch-Train-Merge) beside the pooled mix."""
 from __future__ import annotations
 
-import hashlib
 import json
 import pathlib
 import textwrap
@@ -15,6 +14,7 @@ import pytest
 from operators.mixture import MixtureError
 from pipeline.executor import RunOptions, run_recipe
 from pipeline.recipe import load_recipe
+from tests._files import tree_digest as digest
 
 # a hostile value (a path out of the output dir), one with a slash, a plain one
 DOMAINS = ["news", "../../etc", "code/py"]
@@ -50,11 +50,6 @@ def recipe(tmp: pathlib.Path, data: pathlib.Path, mix: str) -> str:
 
 
 MIX = "{group_by: language, partition_by: domain, layout: mixed, num_shards: 2, shard_tokens: 300}"
-
-
-def digest(root: pathlib.Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
