@@ -557,13 +557,12 @@ def emit_partitions(batch: pa.Table, plan: dict) -> pa.Table:
     part = plan["partition"]
     group = pc.cast(batch.column(plan["group_by"]), pa.string())
     value = pc.cast(batch.column(part["by"]), pa.string())
-    batch = batch.filter(pc.and_(pc.is_valid(group), pc.is_valid(value)))
-    out = pa.table({"id": pc.cast(batch.column("id"), pa.string()),
-                    GROUP: pc.cast(batch.column(plan["group_by"]), pa.string()),
-                    "epoch": pa.array(np.zeros(batch.num_rows, np.int32)),
+    has = pc.and_(pc.is_valid(group), pc.is_valid(value))
+    batch, group, value = batch.filter(has), group.filter(has), value.filter(has)
+    epoch = np.zeros(batch.num_rows, np.int32)
+    out = pa.table({"id": pc.cast(batch.column("id"), pa.string()), GROUP: group, "epoch": pa.array(epoch),
                     "n_tokens": pc.cast(batch.column("n_tokens"), pa.int64()), "tokens": batch.column("tokens")})
-    return _place(out, np.zeros(batch.num_rows, np.int32), plan["seed"],
-                  pc.cast(batch.column(part["by"]), pa.string()), part["sets"])
+    return _place(out, epoch, plan["seed"], value, part["sets"])
 
 
 def partition_counts(keys: pa.Table) -> pa.Table:
@@ -736,14 +735,10 @@ class Mixture(Operator):
             plan["phases"].append({"sets": sets})
         names = {}
         for ph_plan in plan["phases"]:
-            for s in ph_plan["sets"].values():
-                for k in range(s["n"]):
-                    names[s["offset"] + k] = f"{s['dir']}/part_{k:05d}"
+            names.update(shard_names(ph_plan["sets"]))
         if p.partition_by:
             plan["partition"] = plan_partitions(keys, p, offset)
-            for s in plan["partition"]["sets"].values():
-                for k in range(s["n"]):
-                    names[s["offset"] + k] = f"{s['dir']}/part_{k:05d}"
+            names.update(shard_names(plan["partition"]["sets"]))
         summaries = []
         for i in range(len(phases)):
             emitted = ds.map_batches(emit, fn_args=(plan, i), batch_format="pyarrow")
@@ -773,6 +768,19 @@ class Mixture(Operator):
             store.write_json(f"{root}/schedule.json", schedule(manifests, phases))
         store.write_json(f"{root}/manifest.json", top)  # written last: the shard set is complete
         return ds.map_batches(annotate, fn_args=(plan,), batch_format="pyarrow")
+
+
+def shard_names(sets: dict) -> dict[int, str]:
+    """{shard number: its path prefix} of every shard of the shard sets `sets`."""
+    return {s["offset"] + k: f"{s['dir']}/part_{k:05d}" for s in sets.values() for k in range(s["n"])}
+
+
+def shard_set_header(tok_info: dict, dtype) -> dict:
+    """What every manifest of a shard set says of the format and the tokenizer."""
+    tok = {k: tok_info.get(k) for k in ("name", "sha256", "vocab_size", "bos_id", "eos_id", "file")}
+    return {"format": "megatron-core indexed dataset (MMIDIDX v1), one sequence per document",
+            "tokenizer": tok, "dtype": np.dtype(dtype).name, "eos_id": tok_info.get("eos_id"),
+            "bos_id": tok_info.get("bos_id")}
 
 
 def _write_sets(emitted, tokens: float, sets: dict, args: tuple, ctx) -> list[dict]:
@@ -839,7 +847,7 @@ def write_partitions(store, part_root: str, part: dict, written: list[dict], nam
                      seed: int, tok_info: dict, dtype) -> dict:
     """One manifest per partition (read from what the workers wrote) and partitions.json."""
     terms_from, terms = cluster_terms(store, part["by"])
-    tok = {k: tok_info.get(k) for k in ("name", "sha256", "vocab_size", "bos_id", "eos_id", "file")}
+    header = shard_set_header(tok_info, dtype)
     by_set: dict[str, list[dict]] = {}
     for r in written:
         d, _, path = names[r["shard"]].partition("/")
@@ -859,9 +867,7 @@ def write_partitions(store, part_root: str, part: dict, written: list[dict], nam
         if (docs, tokens) != (part["docs"][v], part["tokens"][v]):
             raise MixtureError(f"mixture: partition {v!r}: wrote {docs} documents / {tokens} tokens but "
                                f"counted {part['docs'][v]} / {part['tokens'][v]}")
-        man = {"format": "megatron-core indexed dataset (MMIDIDX v1), one sequence per document",
-               "tokenizer": tok, "dtype": np.dtype(dtype).name, "eos_id": tok_info.get("eos_id"),
-               "bos_id": tok_info.get("bos_id"), "partition_by": part["by"], "value": v, "dir": s["dir"],
+        man = {**header, "partition_by": part["by"], "value": v, "dir": s["dir"],
                "seed": seed, "group_by": p.group_by, "layout": "partition", "docs": docs, "tokens": tokens,
                "groups": {g: groups[g] for g in sorted(groups)}, "shards": shards,
                "data_path": " ".join(x["path"] for x in shards)}
@@ -870,8 +876,8 @@ def write_partitions(store, part_root: str, part: dict, written: list[dict], nam
         store.write_json(f"{part_root}/{s['dir']}/manifest.json", man)
         listing.append({"value": v, "dir": s["dir"], "docs": docs, "tokens": tokens, "shards": len(shards),
                         **({"top_terms": terms[v]} if v in terms else {})})
-    out = {"partition_by": part["by"], "group_by": p.group_by, "seed": seed, "dtype": np.dtype(dtype).name,
-           "tokenizer": tok, "partitions": listing, "docs_without_value": part["docs_without_value"],
+    out = {"partition_by": part["by"], "group_by": p.group_by, "seed": seed, "dtype": header["dtype"],
+           "tokenizer": header["tokenizer"], "partitions": listing, "docs_without_value": part["docs_without_value"],
            "tokens_without_value": part["tokens_without_value"],
            "note": "each partition holds every document with that value (and a group) once, shuffled by a hash "
                    "of (seed, id); the pooled seed mix is the step's own shard set (<step>.shards/)"}
@@ -936,10 +942,7 @@ def phase_manifest(ph: dict, summary: list[dict], names: dict, docs: dict, avail
 
 def top_manifest(manifests: list[dict], phases: list[dict], docs, available, p, seed, tok_info, dtype,
                  total) -> dict:
-    tok = {k: tok_info.get(k) for k in ("name", "sha256", "vocab_size", "bos_id", "eos_id", "file")}
-    man = {"format": "megatron-core indexed dataset (MMIDIDX v1), one sequence per document",
-           "tokenizer": tok, "dtype": np.dtype(dtype).name, "eos_id": tok_info.get("eos_id"),
-           "bos_id": tok_info.get("bos_id"), "group_by": p.group_by, "seed": seed, "layout": p.layout,
+    man = {**shard_set_header(tok_info, dtype), "group_by": p.group_by, "seed": seed, "layout": p.layout,
            "total_tokens_target": round(total), "max_epochs": p.max_epochs,
            "params_hash": params_hash(p, seed, tok_info["sha256"])}
     if len(manifests) == 1:
