@@ -144,9 +144,6 @@ class SpacyRules:
         self._py = _word_rules.PyTokenizer(spec, data["special"]) if spec is not None else None
         self._spacy_tok = None
 
-    def compile(self) -> "SpacyRules":
-        return self  # kept for callers: the patterns come compiled from the cache
-
     @property
     def token_match(self):
         """spaCy's token_match (a compiled Python regex's ``match``) or None."""
@@ -441,7 +438,6 @@ def _token_match(r: SpacyRules, chunks: pl.Series) -> np.ndarray:
 
 def _tokenize_complex(chunks: pl.Series, r: SpacyRules) -> pl.Series:
     """spaCy's affix loop over unique non-trivial chunks; returns tokens joined by _SEP."""
-    r.compile()
     s = chunks.clone()
     n = len(s)
     pre = pl.Series([""] * n)
