@@ -503,9 +503,8 @@ class GopherRepetition(Operator):
             scores[f"quality_rep_dup_{k}gram"] = score
             with np.errstate(invalid="ignore"):
                 rules.append((f"duplicated_{k}_n_grams", score > frac))
-        for col in self.adds:
-            if col in scores:
-                batch = set_column(batch, col, _f32(scores[col]))
+        for col, score in scores.items():  # in a fixed order (a frozenset's order changes per process)
+            batch = set_column(batch, col, _f32(score))
         rules = [(name, np.broadcast_to(np.asarray(m, dtype=bool), (n,))) for name, m in rules]
         return _apply_rules(batch, self.name, rules)
 
