@@ -94,6 +94,16 @@ class Operator:
         """Global operators: take a ray.data.Dataset, return one (rows to drop carry drop_reason)."""
         raise NotImplementedError(f"{type(self).__name__} is a {self.kind} operator")
 
+    def run_table(self, table: pa.Table, ctx: "RunContext") -> pa.Table:  # pragma: no cover - interface
+        """Optional for global operators: run() on the whole input as one table, in one process,
+        with the same rows out. The engine uses it for a small input (pipeline.executor's
+        SMALL_GLOBAL_BYTES), where starting a distributed plan costs more than the work."""
+        raise NotImplementedError(f"{type(self).__name__} has no in-memory path")
+
+    @classmethod
+    def has_table_path(cls) -> bool:
+        return cls.run_table is not Operator.run_table
+
     @classmethod
     def columns_added(cls, params: "Params") -> frozenset[str]:
         """Columns this configuration adds (override when they depend on params)."""

@@ -81,6 +81,11 @@ class ExactDedup(Operator):
         joined = ds.join(dups, join_type="left_outer", num_partitions=n, on=("id",))
         return joined.map_batches(_mark, batch_format="pyarrow")
 
+    def run_table(self, table: pa.Table, ctx) -> pa.Table:
+        """run() on one table in one process (the engine's choice for a small input)."""
+        p = self.params
+        return _mark_with(table, duplicates_in_partition(text_hashes(table, p.lowercase, p.collapse_whitespace)))
+
 
 BROADCAST_BYTES = 32 * 2**20
 
@@ -93,6 +98,11 @@ def _mark_broadcast(batch: pa.Table, refs) -> pa.Table:
     import ray
 
     dups = pa.concat_tables(ray.get(list(refs))) if refs else pa.table({"id": [], "dup_of": []})
+    return _mark_with(batch, dups)
+
+
+def _mark_with(batch: pa.Table, dups: pa.Table) -> pa.Table:
+    """Mark the rows of `batch` that `dups` (id, dup_of) lists as duplicates."""
     ids = batch.column("id").cast(pa.string())
     idx = pc.index_in(ids, value_set=dups.column("id").cast(pa.string()).combine_chunks())
     dup_of = pc.take(dups.column("dup_of").cast(pa.string()).combine_chunks(), idx)

@@ -267,17 +267,21 @@ def _sorted_pairs(refs) -> tuple:
     key = tuple(r.hex() for r in refs)
     hit = _PAIR_CACHE.get(key)
     if hit is None:
-        tabs = [t for t in ray.get(list(refs)) if t.num_rows]
-        if tabs:
-            t = pa.concat_tables(tabs)
-            a, b = mh.unique_pairs(t.column("a").to_numpy(), t.column("b").to_numpy())
-        else:
-            a = b = np.empty(0, U64)
-        ob = np.argsort(b, kind="stable")
-        hit = (a, b, b[ob], a[ob])  # sorted by a (then b), and sorted by b
+        hit = _pair_lookup(ray.get(list(refs)))
         _PAIR_CACHE.clear()
         _PAIR_CACHE[key] = hit
     return hit
+
+
+def _pair_lookup(tables: list[pa.Table]) -> tuple:
+    tabs = [t for t in tables if t.num_rows]
+    if tabs:
+        t = pa.concat_tables(tabs)
+        a, b = mh.unique_pairs(t.column("a").to_numpy(), t.column("b").to_numpy())
+    else:
+        a = b = np.empty(0, U64)
+    ob = np.argsort(b, kind="stable")
+    return a, b, b[ob], a[ob]  # sorted by a (then b), and sorted by b
 
 
 def _incident(keys: np.ndarray, sorted_keys: np.ndarray, partner: np.ndarray):
@@ -292,8 +296,14 @@ def _incident(keys: np.ndarray, sorted_keys: np.ndarray, partner: np.ndarray):
 
 
 def verify_rows_broadcast(batch: pa.Table, cfg: dict, pair_refs) -> pa.Table:
+    return verify_rows(batch, cfg, _sorted_pairs(pair_refs))
+
+
+def verify_rows(batch: pa.Table, cfg: dict, lookup: tuple) -> pa.Table:
+    """Verification rows of the documents of `batch` that are in a candidate pair (`lookup`:
+    _pair_lookup of the pairs)."""
     schema = _verify_schema(_payload_type(cfg))
-    a_sorted, b_of_a, b_sorted, a_of_b = _sorted_pairs(pair_refs)
+    a_sorted, b_of_a, b_sorted, a_of_b = lookup
     live = _live(batch)
     if not live.all():
         batch = batch.filter(pa.array(live))
@@ -451,14 +461,31 @@ def _sum_chg(ds) -> int:
     return int(sum(r["c"] for r in tot))
 
 
+def both_directions(t: pa.Table) -> pa.Table:
+    """Edges (a, b) -> rows (u, v) in both directions, the connected-components input."""
+    a, b = t.column("a").to_numpy(), t.column("b").to_numpy()
+    return pa.table({"u": np.concatenate([a, b]), "v": np.concatenate([b, a]),
+                     "chg": np.zeros(2 * t.num_rows, np.int64)}, schema=CC_SCHEMA)
+
+
+def non_roots(t: pa.Table) -> pa.Table:
+    return t.filter(pc.greater(t.column("u"), t.column("v"))).select(["u", "v"])
+
+
+def components_in_memory(edges: pa.Table, max_rounds: int = 64) -> pa.Table:
+    """connected_components on one table: the same rounds, with one partition."""
+    cur = both_directions(edges)
+    for _ in range(max_rounds):
+        cur = small_star(large_star(cur))
+        if int(pc.sum(cur.column("chg")).as_py() or 0) == 0:
+            return non_roots(cur)
+    raise RuntimeError("minhash_dedup: connected components did not converge")  # pragma: no cover
+
+
 def connected_components(edges, num_partitions: int, tick=None, max_rounds: int = 64):
     """edges: dataset of (a, b). Returns a dataset of (u=node, v=root) for every non-root node,
     root = the smallest node of its component."""
-    cur = edges.map_batches(
-        lambda t: pa.table({"u": np.concatenate([t.column("a").to_numpy(), t.column("b").to_numpy()]),
-                            "v": np.concatenate([t.column("b").to_numpy(), t.column("a").to_numpy()]),
-                            "chg": np.zeros(2 * t.num_rows, np.int64)}, schema=CC_SCHEMA),
-        batch_format="pyarrow", batch_size=None)
+    cur = edges.map_batches(both_directions, batch_format="pyarrow", batch_size=None)
     for _ in range(max_rounds):
         # one execution per round: large-star, shuffle, small-star (which carries the large-star's
         # change count forward), then one tiny map to read the counts
@@ -472,9 +499,7 @@ def connected_components(edges, num_partitions: int, tick=None, max_rounds: int 
             break
     else:  # pragma: no cover - log2-ish rounds in theory; 64 means something is wrong
         raise RuntimeError("minhash_dedup: connected components did not converge")
-    return cur.map_batches(
-        lambda t: t.filter(pc.greater(t.column("u"), t.column("v"))).select(["u", "v"]),
-        batch_format="pyarrow", batch_size=None)
+    return cur.map_batches(non_roots, batch_format="pyarrow", batch_size=None)
 
 
 # -- 5. keep rule ----------------------------------------------------------------------------
@@ -541,14 +566,18 @@ def _sorted_decisions(refs):
     key = tuple(r.hex() for r in refs)
     hit = _DEC_CACHE.get(key)
     if hit is None:
-        tabs = [t for t in ray.get(list(refs)) if t.num_rows]
-        t = pa.concat_tables(tabs) if tabs else DEC_SCHEMA.empty_table()
-        k = t.column("k").to_numpy()
-        order = np.argsort(k, kind="stable")
-        hit = (k[order], t.take(pa.array(order)))
+        hit = _decision_lookup(ray.get(list(refs)))
         _DEC_CACHE.clear()
         _DEC_CACHE[key] = hit
     return hit
+
+
+def _decision_lookup(tables: list[pa.Table]) -> tuple:
+    tabs = [t for t in tables if t.num_rows]
+    t = pa.concat_tables(tabs) if tabs else DEC_SCHEMA.empty_table()
+    k = t.column("k").to_numpy()
+    order = np.argsort(k, kind="stable")
+    return k[order], t.take(pa.array(order))
 
 
 def _set_outputs(batch: pa.Table, dup_of, cluster, size) -> pa.Table:
@@ -562,7 +591,13 @@ def _set_outputs(batch: pa.Table, dup_of, cluster, size) -> pa.Table:
 
 
 def apply_broadcast(batch: pa.Table, dec_refs) -> pa.Table:
-    keys_sorted, dec = _sorted_decisions(dec_refs)
+    return apply_decisions(batch, _sorted_decisions(dec_refs))
+
+
+def apply_decisions(batch: pa.Table, lookup: tuple) -> pa.Table:
+    """The rows of `batch` with their cluster columns and drop_reason (`lookup`: _decision_lookup
+    of the keep rule's decisions)."""
+    keys_sorted, dec = lookup
     batch = drop_internal(batch) if len(keys_sorted) == 0 else batch
     n = batch.num_rows
     if n == 0 or len(keys_sorted) == 0:
@@ -615,10 +650,7 @@ class MinHashDedup(Operator):
             add_signature_columns, fn_kwargs={"cfg": cfg}, batch_size=p.batch_size, **mb).materialize()
         n_docs = ds.count()
         tick(f"signatures of {n_docs} docs")
-        names = ds.schema().names  # known once materialized (asking a lazy dataset runs it)
-        if cfg["keep_col"] and cfg["keep_col"] not in names:
-            raise ValueError(f"minhash_dedup: keep: highest:{cfg['keep_col']} but the data has no column "
-                             f"{cfg['keep_col']!r} (columns: {', '.join(names)})")
+        _check_keep_col(cfg, ds.schema().names)  # known once materialized (asking a lazy dataset runs it)
         parts = p.num_partitions or max(ctx.num_partitions(), min(512, math.ceil(n_docs / 100_000)))
 
         bands = ds.select_columns([KEY_COL, BANDS_COL]).map_batches(band_rows, batch_size=None, **mb)
@@ -661,3 +693,26 @@ class MinHashDedup(Operator):
                                   batch_size=p.batch_size, **mb)
         joined = ds.join(decisions, "left_outer", parts, on=(KEY_COL,), right_on=("k",))
         return joined.map_batches(apply_joined, batch_size=p.batch_size, **mb)
+
+    def run_table(self, table: pa.Table, ctx) -> pa.Table:
+        """The same plan on one table in one process, for an input small enough (the engine's
+        choice): every stage is the function the distributed plan maps, given one partition,
+        so the decisions, and the rows out, are the same; no shuffle starts."""
+        p = self.params
+        cfg = _cfg(p)
+        _check_keep_col(cfg, table.column_names)
+        n, size = table.num_rows, p.batch_size
+        sig = pa.concat_tables([add_signature_columns(table.slice(o, size), cfg) for o in range(0, max(n, 1), size)])
+        pairs = bucket_pairs(band_rows(sig.select([KEY_COL, BANDS_COL])), cfg)
+        edges = verify_pairs(verify_rows(sig, cfg, _pair_lookup([pairs])), cfg) if pairs.num_rows else None
+        if edges is None or edges.num_rows == 0:
+            return apply_decisions(sig, _decision_lookup([]))
+        nodes = pa.concat_tables([node_rows_from_edges(edges), node_rows_from_cc(components_in_memory(edges))])
+        decisions = choose_keepers(attach_roots(nodes), cfg)
+        return apply_decisions(sig, _decision_lookup([decisions]))
+
+
+def _check_keep_col(cfg: dict, names: list[str]) -> None:
+    if cfg["keep_col"] and cfg["keep_col"] not in names:
+        raise ValueError(f"minhash_dedup: keep: highest:{cfg['keep_col']} but the data has no column "
+                         f"{cfg['keep_col']!r} (columns: {', '.join(names)})")

@@ -262,6 +262,24 @@ def test_keep_rules_and_join_paths(ray_session, corpus, default_run):
         _run(ray_session, table, keep="highest:quality")
 
 
+def test_in_memory_path_gives_the_distributed_result(ray_session, corpus, default_run):
+    """run_table (the engine's path for a small input, one process, no shuffle) decides exactly
+    as run(), for each keep rule and verification."""
+    table = corpus[0]
+    cols = ["id", DROP_REASON, "dup_of", "dup_cluster", "dup_cluster_size"]
+    ctx = RunContext(step_id="dedup", output_dir="/unused")
+    mem = MinHashDedup().run_table(table, ctx).sort_by("id")
+    assert mem.select(cols).equals(default_run.select(cols))
+    assert mem.schema.names == default_run.schema.names
+    for params in ({"keep": "longest"}, {"keep": "highest:score", "verify": "signature"}):
+        dist = _run(ray_session, table, **params)
+        assert MinHashDedup(**params).run_table(table, ctx).sort_by("id").select(cols).equals(dist.select(cols))
+    with pytest.raises(ValueError, match="no column"):
+        MinHashDedup(keep="highest:quality").run_table(table, ctx)
+    empty = MinHashDedup().run_table(table.slice(0, 0), ctx)
+    assert empty.num_rows == 0 and "dup_of" in empty.schema.names
+
+
 def test_recipe_loads():
     import pathlib
 
