@@ -29,11 +29,19 @@ from pipeline.dag import SOURCE
 from pipeline.io import (_parquet_file, file_keys, input_units, read_input, read_step_output, read_unit, text_bytes,
                          write_dataset)
 from pipeline.recipe import LoadedRecipe, expand_paths
+from pipeline.shards import kept_refs
 from pipeline.stats import (LEDGER, STATS, Display, Progress, batch_key, check_invariants, collect,
                             format_step_line, ledger_record)
 from pipeline.storage import Store
 
 MARKER = "_COMPLETE.json"
+
+
+def in_memory_bytes() -> int:
+    """Inputs up to this size go through a global step's in-memory path (Operator.run_table) on
+    one warm worker instead of a distributed Ray Data plan, whose shuffles cost seconds each
+    whatever the size. GRISTMILL_IN_MEMORY_MB sets it (0: always distributed)."""
+    return int(float(os.environ.get("GRISTMILL_IN_MEMORY_MB", "64")) * 2**20)
 
 
 # -- what runs on the workers ------------------------------------------------------------
@@ -107,6 +115,13 @@ def run_step_task(batch: pa.Table, step_id: str, op_cls, params, store_uri: str,
     return runner(batch)
 
 
+def _table_info(table: pa.Table | None) -> dict:
+    from pipeline.shards import table_bytes
+
+    return {"rows": 0 if table is None else table.num_rows, "bytes": 0 if table is None else table_bytes(table),
+            "schema": None if table is None else table.schema}
+
+
 class SegmentWorker:
     """Ray actor running a fused chain of steps over work units (see the module docstring).
 
@@ -116,9 +131,12 @@ class SegmentWorker:
     {"kind": "parquet", "batch_rows": n}.
     """
 
-    def __init__(self, steps: list[tuple], store_uri: str, source: dict):
+    def configure(self, steps: list[tuple], store_uri: str, source: dict) -> None:
+        """Set up this segment's chain (operators load their models here). A run keeps its pool
+        from segment to segment, so only the first segment pays for the worker processes."""
+        self.runners = []  # the previous segment's operators go first
         self.runners = [(StepRunner(sid, cls, params, store_uri, wr), bs) for sid, cls, params, wr, bs in steps]
-        self.source = source
+        self.source, self.store_uri = source, store_uri
 
     def ready(self) -> bool:
         return True
@@ -143,8 +161,6 @@ class SegmentWorker:
 
     def run_unit(self, unit) -> tuple[pa.Table | None, dict]:
         """Every batch of the unit through every step; returns (kept rows, per-step counts)."""
-        from pipeline.shards import table_bytes
-
         counts = {r.step_id: [0, 0, 0.0] for r, _ in self.runners}  # docs in, docs out, busy s
         parts = []
         for batch in self._batches(unit):
@@ -167,10 +183,20 @@ class SegmentWorker:
         table = None
         if parts:
             table = pa.concat_tables(parts, promote_options="default") if len(parts) > 1 else parts[0]
-        info = {"counts": counts, "rows": 0 if table is None else table.num_rows,
-                "bytes": 0 if table is None else table_bytes(table),
-                "schema": None if table is None else table.schema}
-        return table, info
+        return table, {"counts": counts, **_table_info(table)}
+
+    def run_global(self, refs: list, step_id: str, op_cls, params, ctx: RunContext, write_rejected: bool,
+                   schema: pa.Schema) -> tuple[pa.Table, dict]:
+        """A global step's in-memory path (Operator.run_table) on this warm worker: every input
+        row in one table; its output routed as the Ray Data path routes it (ledger, rejected)."""
+        import ray
+
+        tables = ray.get(list(refs))
+        table = pa.concat_tables(tables, promote_options="default") if tables else schema.empty_table()
+        op = op_cls(params)
+        op.ensure_setup()
+        kept = StepRunner(step_id, None, None, self.store_uri, write_rejected)(op.run_table(table, ctx))
+        return kept, _table_info(kept)
 
     def write_shard(self, refs: list, shard: int, n: int, store_uri: str, rel_dir: str) -> dict:
         from pipeline.shards import write_shard_refs
@@ -218,6 +244,8 @@ class Executor:
         self.mats = dag.materialized(self.steps, self.kinds)
         self.store = Store(options.output)
         self._dups = None  # the id pre-pass, run when a segment first reads the input
+        self._pool: list = []  # SegmentWorker actors, kept from segment to segment
+        self._pool_resources: tuple = ()
         self.unique_ids: dict | None = None  # its summary, for stats.json
 
     @property
@@ -249,10 +277,8 @@ class Executor:
         if res.num_gpus:
             common["num_gpus"] = res.num_gpus
         if cls.kind == "global":
-            ctx = RunContext(step_id=step_id, output_dir=self.opt.output, seed=self.loaded.recipe.seed,
-                             max_workers=self.opt.max_workers)
             # a barrier: its input is computed once (run() may read it several times)
-            return self._route(cls(params).run(ds.materialize(), ctx), step_id, spec.write_rejected)
+            return self._route(cls(params).run(ds.materialize(), self._ctx(step_id)), step_id, spec.write_rejected)
         if res.actor:
             # a pool of the allowed size from the start (an autoscaling pool starts at one actor
             # and grows only after its queue backs up, which a short run never sees)
@@ -262,6 +288,13 @@ class Executor:
                                   compute=ray.data.ActorPoolStrategy(min_size=size, max_size=size), **common)
         return ds.map_batches(run_step_task, fn_args=(step_id, cls, params, self.store.uri, spec.write_rejected),
                               compute=ray.data.TaskPoolStrategy(size=self._concurrency(res)), **common)
+
+    def _ctx(self, step_id: str) -> RunContext:
+        return RunContext(step_id=step_id, output_dir=self.opt.output, seed=self.loaded.recipe.seed,
+                          max_workers=self.opt.max_workers)
+
+    def _in_memory(self, step_id: str, nbytes: int) -> bool:
+        return self.loaded.operators[step_id].has_table_path() and nbytes <= in_memory_bytes()
 
     def _route(self, ds, step_id: str, write_rejected: bool):
         """Route rows produced upstream (by a reader or a global step): a light task per block."""
@@ -377,19 +410,28 @@ class Executor:
         every = -(-size // max(len(units), 1))  # split parts when there are fewer than workers
         units = [(u, k, every) for u in units for k in range(every)]
         size = min(size, len(units))
-        # max_restarts=0: a failed operator fails the run with its own error (no silent retry)
-        actor = ray.remote(SegmentWorker).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
-        pool = [actor.remote(steps, self.store.uri, source) for _ in range(size)]
-        if input_id == SOURCE:  # a worker runs its calls in order: this one comes before its units
-            try:
-                dups = self._duplicate_ids(pool)
-            except BaseException:
-                for a in pool:
-                    ray.kill(a)
-                raise
+        if self._pool_resources != (num_cpus, num_gpus) or len(self._pool) < size:
+            self._release_pool()
+            # max_restarts=0: a failed operator fails the run with its own error (no silent retry)
+            actor = ray.remote(SegmentWorker).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
+            self._pool = [actor.remote() for _ in range(size)]
+            self._pool_resources = (num_cpus, num_gpus)
+        pool = self._pool[:size]
+        for a in pool:  # a worker runs its calls in order: this one comes before its units
+            a.configure.remote(steps, self.store.uri, source)
+        if input_id == SOURCE:
+            dups = self._duplicate_ids(pool)
             for a in pool:
                 a.use_duplicates.remote(dups)
         return units, pool
+
+    def _release_pool(self) -> None:
+        """Kill the pool: before work that needs its CPUs (Ray Data), after a failure, at the end."""
+        import ray
+
+        for a in self._pool:
+            ray.kill(a)
+        self._pool, self._pool_resources = [], ()
 
     def _run_pool(self, units: list, pool: list, display: Display) -> tuple[list, list[dict]]:
         """Feed units to the pool (two in flight per worker, the next one to whoever finishes)."""
@@ -424,7 +466,7 @@ class Executor:
     def _write_with_pool(self, pool: list, tables: list, infos: list[dict], target: str) -> dict:
         import ray
 
-        from pipeline.shards import kept_refs, shard_count, summarize, write_empty
+        from pipeline.shards import shard_count, summarize, write_empty
 
         self.store.rmtree(target)
         self.store.makedirs(target)
@@ -442,34 +484,34 @@ class Executor:
 
         units, pool = self._start_pool(input_id, chain)
         walls: dict[str, float] = {}
-        try:
-            display = self._display(seg, total_units=len(units))
-            with display, Progress(self.store, seg, display=display, interval=1.0):
-                tables, infos = self._run_pool(units, pool, display)
-                if self.kinds[target] != "global":
-                    return self._write_with_pool(pool, tables, infos, target), walls
-                for a in pool:  # the global step needs the CPUs
-                    ray.kill(a)
-                pool = []
-                t0 = time.perf_counter()
-                ds = self._rows_as_dataset(tables, infos)
-                written = write_dataset(self._apply(ds, target), self.store, target,
-                                        self.loaded.recipe.shard_bytes)
+        display = self._display(seg, total_units=len(units))
+        with display, Progress(self.store, seg, display=display, interval=1.0):
+            tables, infos = self._run_pool(units, pool, display)
+            if self.kinds[target] != "global":
+                return self._write_with_pool(pool, tables, infos, target), walls
+            t0 = time.perf_counter()
+            if self._in_memory(target, sum(i["bytes"] for i in infos)):
+                refs, schema = kept_refs(tables, infos)
+                table, info = pool[0].run_global.options(num_returns=2).remote(
+                    refs, target, self.loaded.operators[target], self.loaded.params[target], self._ctx(target),
+                    self.loaded.step(target).write_rejected, schema)
+                written = self._write_with_pool(pool, [table], [ray.get(info)], target)
                 walls[target] = time.perf_counter() - t0
                 return written, walls
-        finally:
-            for a in pool:
-                ray.kill(a)
+            self._release_pool()  # the global step needs the CPUs
+            ds = self._rows_as_dataset(tables, infos)
+            written = write_dataset(self._apply(ds, target), self.store, target, self.loaded.recipe.shard_bytes)
+            walls[target] = time.perf_counter() - t0
+            return written, walls
 
     def _rows_as_dataset(self, tables: list, infos: list[dict]):
         import ray.data
-
-        from pipeline.shards import kept_refs
 
         refs, schema = kept_refs(tables, infos)
         return ray.data.from_arrow_refs(refs) if refs else ray.data.from_arrow(schema.empty_table())
 
     def _run_ray_data(self, target: str, seg: list[str]) -> dict:
+        self._release_pool()  # Ray Data needs the CPUs
         display = self._display(seg)
         with display, Progress(self.store, seg, display=display, interval=0.5):
             return write_dataset(self._plan(target, target), self.store, target, self.loaded.recipe.shard_bytes)
@@ -511,7 +553,11 @@ class Executor:
         from pipeline.lock import output_lock
 
         with output_lock(self.opt.output):  # one run per output dir; an unwritable one fails here
-            return self._run()
+            try:
+                return self._run()
+            finally:
+                if self._pool:
+                    self._release_pool()
 
     def _run(self) -> dict:
         from pipeline.runtime import init_ray
@@ -543,7 +589,8 @@ class Executor:
             t0 = time.perf_counter()
             shape = self._chain_of(target)
             walls: dict[str, float] = {}
-            if shape is not None and self.kinds[target] == "global" and not shape[1] and shape[0] != SOURCE:
+            if shape is not None and self.kinds[target] == "global" and not shape[1] and shape[0] != SOURCE \
+                    and not self._in_memory(target, self._written_bytes(shape[0])):
                 shape = None  # a global step right after a written one: Ray Data reads it, no pool needed
             if shape is not None:
                 written, walls = self._run_fused(target, shape[0], shape[1], seg)
@@ -568,6 +615,14 @@ class Executor:
             self.store.write_json(f"{target}/{MARKER}", {"hash": h, "rows": written["rows"],
                                                           "files": written["files"], "wall_s": round(wall, 3)})
         return self._write_stats(status, time.perf_counter() - t_run)
+
+    def _written_bytes(self, step_id: str) -> int:
+        """Uncompressed size of a written step's Parquet files, from their footers."""
+        total = 0
+        for p in self.store.list(step_id, ".parquet"):
+            md = _parquet_file(self.store.full(p)).metadata
+            total += sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
+        return total
 
     def _complete(self, step_id: str) -> str | None:
         try:

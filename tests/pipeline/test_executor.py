@@ -124,6 +124,25 @@ def test_same_output_bytes_with_one_or_two_workers(ray_session, tmp_path, corpus
     assert ra.column("id").equals(rb.column("id"))
 
 
+def test_global_steps_in_memory_or_distributed_write_the_same_bytes(ray_session, tmp_path, corpus, monkeypatch):
+    """A small input runs a global step in one warm worker (Operator.run_table); a large one
+    runs its distributed Ray Data plan. Both write the same files, rejected rows and counts.
+    `near` follows a streamed step, `again` follows a written one."""
+    steps = LINEAR + "- {id: near, op: minhash_dedup, params: {threshold: 0.7}}\n- {id: again, op: exact_dedup}\n"
+    outs = {}
+    for name, mb in (("mem", "64"), ("dist", "0")):
+        monkeypatch.setenv("GRISTMILL_IN_MEMORY_MB", mb)
+        stats = run(recipe(tmp_path, corpus, steps, name=name))
+        assert stats["invariant_ok"]
+        outs[name] = ({s["id"]: (s["docs_in"], s["docs_out"], s["dropped"]) for s in stats["steps"]},
+                      {step: digest(tmp_path / f"out-{name}", step) for step in ("dedup", "near", "again")},
+                      pq.read_table(tmp_path / f"out-{name}" / "rejected").sort_by("id"))
+    assert outs["mem"][0]["dedup"][2] and outs["mem"][0]["near"][2]  # both steps dropped rows
+    assert outs["mem"][0] == outs["dist"][0]
+    assert outs["mem"][1] == outs["dist"][1]
+    assert outs["mem"][2].equals(outs["dist"][2])
+
+
 def test_rerun_skips_complete_steps_and_recomputes_changed_ones(ray_session, tmp_path, corpus):
     p = recipe(tmp_path, corpus, LINEAR, name="rr")
     first = run(p)
