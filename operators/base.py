@@ -116,6 +116,35 @@ class Operator:
         return " ".join(paragraph.split())
 
 
+class LocalDataset:
+    """One in-memory table behind the few ray.data.Dataset methods a global operator's run()
+    uses to plan and write (map_batches, materialize, iter_batches, repartition, take_all,
+    schema): `run_table` can then call the same run() on a small input, with no Ray Data plan.
+    map_batches calls the function once on the whole table, which is the same result for the
+    row-wise functions run() maps."""
+
+    def __init__(self, table: pa.Table):
+        self.table = table
+
+    def schema(self) -> pa.Schema:
+        return self.table.schema
+
+    def map_batches(self, fn, fn_args: tuple = (), fn_kwargs: dict | None = None, **_) -> "LocalDataset":
+        return LocalDataset(fn(self.table, *fn_args, **(fn_kwargs or {})))
+
+    def materialize(self) -> "LocalDataset":
+        return self
+
+    def repartition(self, *_, **__) -> "LocalDataset":
+        return self
+
+    def iter_batches(self, **_):
+        yield self.table
+
+    def take_all(self) -> list[dict]:
+        return self.table.to_pylist()
+
+
 class RunContext(BaseModel):
     """What a global operator may know about the run."""
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
-from operators.base import Operator, Params, Resources, mark_dropped, register, set_column
+from operators.base import LocalDataset, Operator, Params, Resources, mark_dropped, register, set_column
 from operators.tokenize import DEFAULT_TOKENIZER, _source_file
 
 GROUP = "group"
@@ -769,6 +769,11 @@ class Mixture(Operator):
         store.write_json(f"{root}/manifest.json", top)  # written last: the shard set is complete
         return ds.map_batches(annotate, fn_args=(plan,), batch_format="pyarrow")
 
+    def run_table(self, table: pa.Table, ctx) -> pa.Table:
+        """run() on one table in one process (the engine's choice for a small input): the same
+        plan, shards and rows, with every shard written by the one-task writer."""
+        return self.run(LocalDataset(table), ctx).table
+
 
 def shard_names(sets: dict) -> dict[int, str]:
     """{shard number: its path prefix} of every shard of the shard sets `sets`."""
@@ -786,7 +791,7 @@ def shard_set_header(tok_info: dict, dtype) -> dict:
 def _write_sets(emitted, tokens: float, sets: dict, args: tuple, ctx) -> list[dict]:
     """Write the copies `emitted` placed in `sets` as shards, on the workers; one summary row
     per shard written (shard, docs, tokens, groups), in shard order."""
-    if tokens * 4 <= SMALL_BYTES:
+    if tokens * 4 <= SMALL_BYTES or isinstance(emitted, LocalDataset):
         # small: one task writes every shard (a hash shuffle costs more than the data)
         written = emitted.repartition(1).map_batches(write_shards, fn_args=args, batch_format="pyarrow",
                                                      batch_size=None)

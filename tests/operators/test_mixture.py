@@ -16,7 +16,7 @@ from operators.mixture import (Method, MixtureError, MixtureParams, Phase, cappe
                                whole_document_note)
 from pipeline.executor import RunOptions, run_recipe
 from pipeline.recipe import load_recipe
-from tests._files import tree_digest as digest
+from tests._files import distributed_if, tree_digest as digest
 
 
 # -- weights, by hand ------------------------------------------------------------------------
@@ -170,7 +170,8 @@ def engine_runs(ray_session, tmp_path_factory):
         d = tmp / f"w{workers}"
         d.mkdir()
         r = recipe(d, data, MIX)
-        stats = run_recipe(load_recipe(r), RunOptions(output=str(d / "out"), max_workers=workers, quiet=True))
+        with distributed_if(workers == 1):  # 1 worker, distributed mixture; 2, in memory
+            stats = run_recipe(load_recipe(r), RunOptions(output=str(d / "out"), max_workers=workers, quiet=True))
         runs[workers] = (d, r, stats)
     return data, runs
 
@@ -313,7 +314,8 @@ def test_curriculum_phases(ray_session, tmp_path):
         d = tmp_path / f"w{workers}"
         d.mkdir()
         r = recipe(d, data, PHASED)
-        stats = run_recipe(load_recipe(r), RunOptions(output=str(d / "out"), max_workers=workers, quiet=True))
+        with distributed_if(workers == 1):
+            stats = run_recipe(load_recipe(r), RunOptions(output=str(d / "out"), max_workers=workers, quiet=True))
         assert stats["invariant_ok"]
         roots[workers] = d / "out" / "mix.shards"
     assert digest(roots[1]) == digest(roots[2])
