@@ -1,7 +1,7 @@
 """Soak run: N generated documents (default 5M) through the quickstart's steps, watching memory.
 
-Generates JSONL.gz files of the sample corpus (pipeline.samples, one seed per file, written file by
-file so generation never holds the corpus), writes a recipe with the steps of
+Generates JSONL.gz files (soak_docs: one seed per file, written file by file, two processes, so
+generation never holds the corpus), writes a recipe with the steps of
 recipes/quickstart.yaml after extraction (the corpus is text already), runs `gristmill run` in a
 subprocess under `nice`, and samples every second:
 - the driver's RSS (the `gristmill run` process): must not grow with the corpus, so the note
@@ -30,25 +30,81 @@ sys.path.insert(0, str(ROOT))
 from tools.measure_run import run_watched  # noqa: E402
 
 
+POOL = 20_000  # synthetic sentences per language
+
+
+def _sentence_pools(seed: int = 0) -> dict[str, list[str]]:
+    """Per language, POOL sentences of 8-16 words drawn from the words of pipeline.samples'
+    sentences in that language (characters for Chinese)."""
+    import numpy as np
+
+    from pipeline.samples import SENTENCES
+
+    rng = np.random.default_rng(seed)
+    pools = {}
+    for lang, sents in SENTENCES.items():
+        cjk = lang == "zh"
+        words = sorted({w for s in sents for w in (s if cjk else s.split()) if w.isalnum()})
+        idx = rng.integers(0, len(words), size=(POOL, 16))
+        lens = rng.integers(8, 17, size=POOL)
+        sep, end = ("", "。") if cjk else (" ", ".")
+        pools[lang] = [sep.join(words[j] for j in row[:m]).capitalize() + end for row, m in zip(idx, lens)]
+    return pools
+
+
+def soak_docs(n: int, seed: int, pools: dict[str, list[str]]) -> list[dict]:
+    """`n` documents of 3-10 sentences from the language's pool, so two documents rarely share
+    text by chance (multilingual_docs draws from ~10 sentences a language: at 100k documents
+    nearly every document is a near copy of thousands of others, which no crawl looks like).
+    Planted: ~5% exact copies (half differing in case and whitespace), ~3% near copies (one
+    sentence replaced), ~5% boilerplate junk."""
+    import random
+
+    from pipeline.samples import JUNK, WEIGHTS
+
+    rng = random.Random(seed)
+    langs, weights = zip(*WEIGHTS.items())
+    docs: list[dict] = []
+    lang_of: list[str] = []
+    for i in range(n):
+        roll = rng.random()
+        if roll < 0.08 and docs:
+            k = rng.randrange(len(docs))
+            lang, text = lang_of[k], docs[k]["text"]
+            if roll < 0.025:
+                text = "  " + text.upper().replace(" ", "   ") + "\n"
+            elif roll >= 0.05 and lang in pools:  # a near copy
+                paras = text.split("\n\n")
+                paras[rng.randrange(len(paras))] = rng.choice(pools[lang])
+                text = "\n\n".join(paras)
+        elif roll < 0.13:
+            lang, text = "und", " ".join(rng.sample(JUNK, rng.randint(1, 2)))
+        else:
+            lang = rng.choices(langs, weights)[0]
+            text = "\n\n".join(rng.choices(pools[lang], k=rng.randint(3, 10)))
+        docs.append({"id": f"s{seed:04d}-{i:08d}", "text": text, "url": f"https://example.{lang}/page/{i}"})
+        lang_of.append(lang)
+    return docs
+
+
+def _write_part(args: tuple) -> None:
+    from pipeline.samples import write_docs
+
+    path, n, seed = args
+    write_docs(soak_docs(n, seed, _sentence_pools()), str(path), "jsonl")
+
+
 def generate(work: Path, docs: int, files: int) -> list[Path]:
-    from pipeline.samples import multilingual_docs, write_docs
+    from multiprocessing import Pool
 
     out = work / "corpus"
     out.mkdir(parents=True, exist_ok=True)
     per = -(-docs // files)
-    paths = []
-    for k in range(files):
-        n = min(per, docs - k * per)
-        if n <= 0:
-            break
-        p = out / f"part-{k:05d}.jsonl.gz"
-        paths.append(p)
-        if p.exists():
-            continue
-        chunk = [{**{x: v for x, v in d.items() if x not in ("lang", "id")}, "id": f"f{k:04d}-{i:08d}"}
-                 for i, d in enumerate(multilingual_docs(n, seed=k))]
-        write_docs(chunk, str(p), "jsonl")
-    return paths
+    parts = [(out / f"part-{k:05d}.jsonl.gz", min(per, docs - k * per), k) for k in range(files) if docs > k * per]
+    todo = [p for p in parts if not p[0].exists()]
+    with Pool(2) as pool:
+        pool.map(_write_part, todo, chunksize=1)
+    return [p[0] for p in parts]
 
 
 def recipe(work: Path, workers: int | None) -> Path:
