@@ -11,6 +11,28 @@ from pipeline.lock import OutputError
 from pipeline.recipe import RecipeError, load_recipe
 
 
+class Stopped(BaseException):
+    """SIGTERM (a scheduler ending the job, `kill`): raised in the main thread so that the run
+    unwinds as on Ctrl-C (pool released, lock removed, Ray shut down) instead of dying with
+    Ray's helper processes left behind."""
+
+
+def _stop(signum, frame):
+    raise Stopped()
+
+
+def _interruption(e: BaseException) -> BaseException | None:
+    """Ctrl-C or SIGTERM behind `e`: raised inside Ray's compiled code (ray.wait), the signal's
+    exception comes back wrapped, as the cause or context of a SystemError."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (KeyboardInterrupt, Stopped)):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def _load(args):
     return load_recipe(args.recipe, overrides=args.set or [])
 
@@ -49,8 +71,14 @@ def _run_locked(args, loaded, out) -> int:
     try:
         stats = run_recipe(loaded, RunOptions(output=out, address=args.address, max_workers=args.workers,
                                               resume=not args.no_resume, quiet=args.quiet, term=term_err))
-    except Exception as e:  # noqa: BLE001 - the traceback is in the log; the terminal gets the gist
-        if terminal is None:
+    except BaseException as e:  # noqa: BLE001 - the traceback is in the log; the terminal gets the gist
+        stop = _interruption(e)
+        if stop is not None:
+            how = "interrupted" if isinstance(stop, KeyboardInterrupt) else "stopped by SIGTERM"
+            print(f"gristmill: run {how}; the steps written so far are kept: the same command resumes from them",
+                  file=term_err, flush=True)
+            return 130 if isinstance(stop, KeyboardInterrupt) else 143
+        if terminal is None or not isinstance(e, Exception):
             raise
         import traceback
 
@@ -228,7 +256,14 @@ def entry() -> None:
     """The `gristmill` command: main(), then a quick exit. Ray is shut down here (its processes
     stop as they would at interpreter exit), then the process ends without the interpreter's
     module teardown, which on its own takes over a second after a run."""
-    rc = main()
+    import signal
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        rc = main()
+    except Stopped:  # before or after a run: nothing to report
+        rc = 143
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     ray = sys.modules.get("ray")  # not imported by validate, ops, ...
     if ray is not None and ray.is_initialized():
         ray.shutdown()

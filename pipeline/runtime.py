@@ -66,6 +66,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     import ray.data
 
     if not ray.is_initialized():
+        before = _python_sigterm_handler()
         kwargs = dict(include_dashboard=False, logging_level=logging.WARNING,
                       log_to_driver=not quiet, ignore_reinit_error=True)
         if address:
@@ -83,8 +84,25 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
                     raise
                 ray.shutdown()  # a machine too busy to start it in time: one more try
                 ray.init(address="local", num_cpus=num_cpus, **kwargs)
+        if before is not None:
+            # Ray's C++ failure handler (stack trace, then abort) replaced it: put it back, so
+            # that SIGTERM still unwinds the run (pipeline.cli.entry)
+            import signal
+
+            signal.signal(signal.SIGTERM, before)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress and not quiet
     ctx.print_on_execution_start = False
     ctx.verbose_stats_logs = False
     return ray
+
+
+def _python_sigterm_handler():
+    """The Python SIGTERM handler this process set, if any (and if this is the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    h = signal.getsignal(signal.SIGTERM)
+    return h if callable(h) else None

@@ -178,6 +178,35 @@ def test_crashed_run_resumes_to_identical_output(ray_session, tmp_path, corpus):
     assert [s["docs_out"] for s in resumed["steps"]] == [s["docs_out"] for s in clean["steps"]]
 
 
+def test_sigterm_stops_the_run_cleanly_and_a_rerun_resumes(ray_session, tmp_path, corpus):
+    """`kill` (SIGTERM) of `gristmill run`: exit 143 with one line saying so (no traceback),
+    none of the Ray processes it started left behind, and the same command resumes."""
+    import psutil
+
+    p = recipe(tmp_path, corpus, LINEAR, name="term")
+    out = tmp_path / "out-term"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", p], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not (out / "_ledger" / "length").is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    started = psutil.Process(proc.pid).children(recursive=True)
+    assert started, "the run started no Ray processes"
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert not [a for a in alive if a.status() != psutil.STATUS_ZOMBIE], alive
+    resumed = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", p, "--quiet"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    run(p, output=str(tmp_path / "clean-term"), resume=False)
+    for step in ("dedup", "pick"):
+        assert digest(out, step) == digest(tmp_path / "clean-term", step)
+
+
 def test_python_entry_point_one_file_split_over_workers_reuses_ray(ray_session, tmp_path, corpus):
     """pipeline.run takes a dict; one input file still feeds two workers (each takes every other
     batch) with the same bytes as one worker; a second run in the process reuses Ray; a rerun
