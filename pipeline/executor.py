@@ -7,9 +7,11 @@ pool of `SegmentWorker` actors (one per allowed CPU, all started at once, each h
 operator of the chain set up once) takes work units (a Parquet row group or an input file),
 reads them and passes each batch through every step in turn, routing each step's rejected rows
 and ledger record right there; the kept rows stay in the object store until the same actors
-write them as deterministic shards (pipeline.shards). A global step then receives those rows
-as a `ray.data.Dataset`. Other shapes (a union of several inputs) run as one Ray Data
-`map_batches` stage per step. Written steps get a `_COMPLETE.json` marker holding the hash of
+write them as deterministic shards (pipeline.shards). The pool lives for the whole run (each
+segment reconfigures it). A global step then runs on those rows: up to `in_memory_bytes()` of
+them in one table on a pool worker (`Operator.run_table`), else as a `ray.data.Dataset` through
+its distributed plan (the pool is released for it). Other shapes (a union of several inputs)
+run as one Ray Data `map_batches` stage per step. Written steps get a `_COMPLETE.json` marker holding the hash of
 the step's recipe slice and its inputs: a rerun skips complete steps and a crashed run resumes
 from the last one written.
 """
@@ -125,7 +127,7 @@ def _table_info(table: pa.Table | None) -> dict:
 class SegmentWorker:
     """Ray actor running a fused chain of steps over work units (see the module docstring).
 
-    `steps` are (step_id, operator class or None, params, write_rejected, batch_size); a step
+    `configure` sets each segment's chain: `steps` are (step_id, operator class or None, params, write_rejected, batch_size); a step
     without an operator routes what the reader produced (its quarantined rows). `source` says
     how to read a unit: {"kind": "input", "spec": InputSpec, "duplicates": DuplicateIds} or
     {"kind": "parquet", "batch_rows": n}.
