@@ -97,7 +97,8 @@ class Operator:
     def run_table(self, table: pa.Table, ctx: "RunContext") -> pa.Table:  # pragma: no cover - interface
         """Optional for global operators: run() on the whole input as one table, in one process,
         with the same rows out. The engine uses it for a small input (pipeline.executor's
-        SMALL_GLOBAL_BYTES), where starting a distributed plan costs more than the work."""
+        in_memory_bytes(), GRISTMILL_IN_MEMORY_MB), where a distributed plan's start costs more
+        than the work."""
         raise NotImplementedError(f"{type(self).__name__} has no in-memory path")
 
     @classmethod

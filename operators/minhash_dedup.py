@@ -23,6 +23,9 @@ holds dataset handles and a few counts):
 
 Candidate pairs reach the verification map the same way (a sorted table shared through the object
 store, or a join when there are more than ``broadcast_max_rows`` of them).
+
+On an input small enough for one process the engine calls ``run_table`` instead: the same stage
+functions on one partition, with no shuffle.
 """
 from __future__ import annotations
 
