@@ -43,7 +43,7 @@ def in_memory_bytes() -> int:
     """Inputs up to this size go through a global step's in-memory path (Operator.run_table) on
     one warm worker instead of a distributed Ray Data plan, whose shuffles cost seconds each
     whatever the size. GRISTMILL_IN_MEMORY_MB sets it (0: always distributed)."""
-    return int(float(os.environ.get("GRISTMILL_IN_MEMORY_MB", "64")) * 2**20)
+    return int(float(os.environ.get("GRISTMILL_IN_MEMORY_MB", "256")) * 2**20)
 
 
 # -- what runs on the workers ------------------------------------------------------------
