@@ -22,6 +22,8 @@ class ClusterParams(Params):
     max_chars: int = Field(5000, ge=100, description="characters of each document used for its vector")
 
 
+WORD = r"\w+"  # a word, for the features and for naming the hashed word dimensions
+
 # Python's str.isspace() code points (all below U+3001): a trigram made only of them is no feature
 _SPACE = np.zeros(0x3001, dtype=bool)
 _SPACE[[c for c in range(0x3001) if chr(c).isspace()]] = True
@@ -51,7 +53,7 @@ def _word_hits(s, dims: int) -> tuple[np.ndarray, np.ndarray]:
     """(row, dim) of every word; each distinct word of the batch is hashed once."""
     import polars as pl
 
-    words = s.str.extract_all(r"\w+")
+    words = s.str.extract_all(WORD)
     counts = words.list.len().fill_null(0).to_numpy()
     flat = words.explode().drop_nulls()
     uniq = flat.unique()
@@ -184,7 +186,7 @@ def _fit_sample(p: ClusterParams, seed: int, *parts: pa.Table) -> tuple[dict, di
     sample = sample.sort_by("id").slice(0, p.sample_size)  # order-independent
     texts = sample.column("text").to_pylist()
     # each hashed word dimension is named by its most frequent word in the sample
-    words = _prepared(texts, p.max_chars).str.extract_all(r"\w+").explode().drop_nulls()
+    words = _prepared(texts, p.max_chars).str.extract_all(WORD).explode().drop_nulls()
     freq = words.value_counts(name="n").sort(["n", words.name], descending=[True, False])
     names: dict[int, str] = {}
     for w in freq[words.name].to_list():
