@@ -16,6 +16,7 @@ The closing note is printed as JSON and written to <work>/soak.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -33,6 +34,7 @@ from tools.measure_run import run_watched  # noqa: E402
 POOL = 20_000  # synthetic sentences per language
 
 
+@functools.lru_cache(maxsize=1)  # the same pools for every file a generating process writes
 def _sentence_pools(seed: int = 0) -> dict[str, list[str]]:
     """Per language, POOL sentences of 8-16 words drawn from the words of pipeline.samples'
     sentences in that language (characters for Chinese)."""
