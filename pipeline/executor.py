@@ -31,7 +31,7 @@ from pipeline.dag import SOURCE
 from pipeline.io import (_parquet_file, file_keys, input_units, read_input, read_step_output, read_unit, text_bytes,
                          write_dataset)
 from pipeline.recipe import LoadedRecipe, expand_paths
-from pipeline.shards import kept_refs
+from pipeline.shards import kept_refs, shard_count, summarize, table_bytes, write_empty, write_shard_refs
 from pipeline.stats import (LEDGER, STATS, Display, Progress, batch_key, check_invariants, collect,
                             format_step_line, ledger_record)
 from pipeline.storage import Store
@@ -118,8 +118,6 @@ def run_step_task(batch: pa.Table, step_id: str, op_cls, params, store_uri: str,
 
 
 def _table_info(table: pa.Table | None) -> dict:
-    from pipeline.shards import table_bytes
-
     return {"rows": 0 if table is None else table.num_rows, "bytes": 0 if table is None else table_bytes(table),
             "schema": None if table is None else table.schema}
 
@@ -201,8 +199,6 @@ class SegmentWorker:
         return kept, _table_info(kept)
 
     def write_shard(self, refs: list, shard: int, n: int, store_uri: str, rel_dir: str) -> dict:
-        from pipeline.shards import write_shard_refs
-
         return write_shard_refs(refs, shard, n, store_uri, rel_dir)
 
     # the input's id pre-pass runs on the pool before any unit (pipeline.unique_ids)
@@ -467,8 +463,6 @@ class Executor:
 
     def _write_with_pool(self, pool: list, tables: list, infos: list[dict], target: str) -> dict:
         import ray
-
-        from pipeline.shards import shard_count, summarize, write_empty
 
         self.store.rmtree(target)
         self.store.makedirs(target)
