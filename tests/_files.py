@@ -17,8 +17,11 @@ def tree_digest(root: pathlib.Path) -> dict[str, str]:
 @contextlib.contextmanager
 def distributed_if(on: bool):
     """While `on`, global steps run their Ray Data plan even on a small input
-    (GRISTMILL_IN_MEMORY_MB=0), so a test comparing two runs compares the two paths too."""
+    (GRISTMILL_IN_MEMORY_MB=0); else the default limit holds (a small input runs in memory), so a
+    test comparing two runs compares the two paths too."""
     with pytest.MonkeyPatch.context() as mp:
         if on:
             mp.setenv("GRISTMILL_IN_MEMORY_MB", "0")
+        else:
+            mp.delenv("GRISTMILL_IN_MEMORY_MB", raising=False)
         yield

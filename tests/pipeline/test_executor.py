@@ -17,6 +17,7 @@ import pytest
 from pipeline.executor import RunOptions, run_recipe
 from pipeline.recipe import load_recipe
 from pipeline.samples import build_sample
+from tests._files import distributed_if
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -124,15 +125,15 @@ def test_same_output_bytes_with_one_or_two_workers(ray_session, tmp_path, corpus
     assert ra.column("id").equals(rb.column("id"))
 
 
-def test_global_steps_in_memory_or_distributed_write_the_same_bytes(ray_session, tmp_path, corpus, monkeypatch):
+def test_global_steps_in_memory_or_distributed_write_the_same_bytes(ray_session, tmp_path, corpus):
     """A small input runs a global step in one warm worker (Operator.run_table); a large one
     runs its distributed Ray Data plan. Both write the same files, rejected rows and counts.
     `near` follows a streamed step, `again` follows a written one."""
     steps = LINEAR + "- {id: near, op: minhash_dedup, params: {threshold: 0.7}}\n- {id: again, op: exact_dedup}\n"
     outs = {}
-    for name, mb in (("mem", "64"), ("dist", "0")):
-        monkeypatch.setenv("GRISTMILL_IN_MEMORY_MB", mb)
-        stats = run(recipe(tmp_path, corpus, steps, name=name))
+    for name in ("mem", "dist"):
+        with distributed_if(name == "dist"):
+            stats = run(recipe(tmp_path, corpus, steps, name=name))
         assert stats["invariant_ok"]
         outs[name] = ({s["id"]: (s["docs_in"], s["docs_out"], s["dropped"]) for s in stats["steps"]},
                       {step: digest(tmp_path / f"out-{name}", step) for step in ("dedup", "near", "again")},
