@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     """The `gristmill` command: main(), then a quick exit. Ray is shut down here (its processes
-    stop as they would at interpreter exit), then the process ends without the interpreter's
-    module teardown, which on its own takes over a second after a run."""
+    stopped together: pipeline.runtime.shutdown_ray), then the process ends without the
+    interpreter's module teardown, which on its own takes over a second after a run."""
     import signal
 
     signal.signal(signal.SIGTERM, _stop)
@@ -264,9 +264,10 @@ def entry() -> None:
     except Stopped:  # before or after a run: nothing to report
         rc = 143
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    ray = sys.modules.get("ray")  # not imported by validate, ops, ...
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
+    if "ray" in sys.modules:  # not imported by validate, ops, ...
+        from pipeline.runtime import shutdown_ray
+
+        shutdown_ray()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(rc)

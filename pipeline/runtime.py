@@ -97,6 +97,57 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     return ray
 
 
+def shutdown_ray(grace_s: float = 0.3) -> None:
+    """``ray.shutdown()`` for the end of a command, with a local Ray's processes stopped sooner.
+
+    Ray stops the processes ``ray.init`` started one after another, giving each up to a second
+    to exit on SIGTERM; its autoscaler monitor takes ~0.8 s to (and once the GCS is gone never
+    does), so every run ended with 1.2-1.5 s of waiting on 2 cores. Here the driver disconnects
+    first (``ray.shutdown`` with that process list set aside), then the raylet is stopped (it
+    stops its workers, and exits within ~0.1 s while the GCS is up), then the rest get SIGTERM
+    together and whatever is still alive after ``grace_s`` gets the SIGKILL Ray would send after
+    its second. A joined cluster is only disconnected, as ``ray.shutdown`` does.
+    """
+    import time
+
+    import ray
+    from ray._private import ray_constants
+
+    if not ray.is_initialized():
+        return
+    # private, and checked: Ray's handle on the processes this driver started
+    node = getattr(ray._private.worker, "_global_node", None)
+    started = getattr(node, "all_processes", None)
+    if not isinstance(started, dict) or not started:
+        ray.shutdown()
+        return
+    raylet = [i.process for i in started.get(ray_constants.PROCESS_TYPE_RAYLET, [])]
+    rest = [i.process for k, infos in started.items() if k != ray_constants.PROCESS_TYPE_RAYLET for i in infos]
+    node.all_processes = {}
+    try:
+        ray.shutdown()
+    finally:
+        _stop_processes(raylet, grace_s=2.0)
+        _stop_processes(rest, grace_s=grace_s)
+
+
+def _stop_processes(procs: list, grace_s: float) -> None:
+    """SIGTERM to every process at once, SIGKILL to those alive after ``grace_s``; all reaped."""
+    import subprocess
+    import time
+
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def _python_sigterm_handler():
     """The Python SIGTERM handler this process set, if any (and if this is the main thread)."""
     import signal

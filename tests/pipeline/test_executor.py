@@ -208,6 +208,35 @@ def test_sigterm_stops_the_run_cleanly_and_a_rerun_resumes(ray_session, tmp_path
         assert digest(out, step) == digest(tmp_path / "clean-term", step)
 
 
+SHUTDOWN = """
+import os, sys, time, psutil
+from pipeline.runtime import init_ray, shutdown_ray
+ray = init_ray(quiet=True)
+
+@ray.remote
+class Pid:
+    def pid(self):
+        return os.getpid()
+
+workers = ray.get([a.pid.remote() for a in [Pid.remote() for _ in range(2)]])
+started = psutil.Process().children(recursive=True)
+assert {w for w in workers} <= {p.pid for p in started}, (workers, started)
+shutdown_ray()
+assert not ray.is_initialized()
+left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+print("left", [p.pid for p in left])
+"""
+
+
+def test_shutdown_ray_leaves_none_of_the_local_processes():
+    """pipeline.runtime.shutdown_ray (the CLI's exit) stops every process a local ray.init
+    started, the actors' workers too, before it returns: nothing left to wait for."""
+    proc = subprocess.run([sys.executable, "-c", SHUTDOWN], cwd=ROOT, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "left []" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
 def test_python_entry_point_one_file_split_over_workers_reuses_ray(ray_session, tmp_path, corpus):
     """pipeline.run takes a dict; one input file still feeds two workers (each takes every other
     batch) with the same bytes as one worker; a second run in the process reuses Ray; a rerun
