@@ -77,8 +77,10 @@ class StepRunner:
         if self.op is not None:
             self.op.ensure_setup()
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        t0, started = time.perf_counter(), time.time()
+    def __call__(self, batch: pa.Table, read_s: float = 0.0) -> pa.Table:
+        """``read_s``: the time it took to read the batch, for the reader's own step (busy time
+        is work done for the step, and a reader decompresses and parses)."""
+        t0, started = time.perf_counter() - read_s, time.time() - read_s
         docs_in, bytes_in = batch.num_rows, text_bytes(batch)
         out, counters = batch, None  # routing only (no operator): the rows were produced upstream
         if self.op is not None:
@@ -163,15 +165,23 @@ class SegmentWorker:
         """Every batch of the unit through every step; returns (kept rows, per-step counts)."""
         counts = {r.step_id: [0, 0, 0.0] for r, _ in self.runners}  # docs in, docs out, busy s
         parts = []
-        for batch in self._batches(unit):
-            cur = batch
+        batches = self._batches(unit)
+        while True:
+            t_read = time.perf_counter()
+            cur = next(batches, None)
+            if cur is None:
+                break
+            t_read = time.perf_counter() - t_read
             for runner, size in self.runners:
                 if cur.num_rows == 0:
                     break
                 t0 = time.perf_counter()
                 c = counts[runner.step_id]
                 c[0] += cur.num_rows
-                if cur.num_rows > size:  # the operator asked for smaller batches
+                if runner.step_id == SOURCE:  # the recipe's reader: reading is its work
+                    c[2] += t_read
+                    cur = runner(cur, read_s=t_read)
+                elif cur.num_rows > size:  # the operator asked for smaller batches
                     cur = pa.concat_tables([runner(cur.slice(o, size)) for o in range(0, cur.num_rows, size)],
                                            promote_options="default")
                 else:

@@ -208,6 +208,44 @@ def test_sigterm_stops_the_run_cleanly_and_a_rerun_resumes(ray_session, tmp_path
         assert digest(out, step) == digest(tmp_path / "clean-term", step)
 
 
+def test_the_readers_busy_time_is_its_reading(tmp_path, corpus, monkeypatch):
+    """On the pool path the reader is a step whose work is reading: each of its ledger records
+    holds the time its batch took to read (here a reader slowed by 0.05 s a batch), not only
+    the routing of what it quarantined."""
+    import pipeline.executor as ex
+    from pipeline.dag import SOURCE
+    from pipeline.io import input_units
+    from pipeline.stats import collect
+    from pipeline.storage import Store
+    from pipeline.unique_ids import NONE
+
+    slow = 0.05
+    real = ex.read_unit
+
+    def slow_read(*a, **k):
+        for batch in real(*a, **k):
+            time.sleep(slow)
+            yield batch
+
+    monkeypatch.setattr(ex, "read_unit", slow_read)
+    loaded = load_recipe(recipe(tmp_path, corpus, """\
+        - {id: length, op: length_filter, params: {min_chars: 40}}
+        """, name="readbusy", batch_rows=50))
+    spec = loaded.recipe.input
+    store = Store(str(tmp_path / "out"))
+    w = ex.SegmentWorker()
+    w.configure([(SOURCE, None, None, True, 1 << 62),
+                 ("length", loaded.operators["length"], loaded.params["length"], True, 1024)],
+                store.uri, {"kind": "input", "spec": spec, "duplicates": NONE})
+    files = sorted(str(f) for f in corpus.glob("*.jsonl.gz"))
+    for unit in input_units(spec, files):
+        w.run_unit((unit, 0, 1))
+    read, length = collect(store, SOURCE), collect(store, "length")
+    assert read["docs_in"] == 600 and read["batches"] == 12
+    assert read["busy_s"] >= slow * read["batches"]
+    assert length["docs_in"] == 600
+
+
 SHUTDOWN = """
 import os, sys, time, psutil
 from pipeline.runtime import init_ray, shutdown_ray
