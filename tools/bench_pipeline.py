@@ -6,6 +6,7 @@ fresh process (start-up included), on the same files and cores, ratios from one 
     python tools/bench_pipeline.py filters --docs 12000  # LID + 4 filters vs datatrove
     python tools/bench_pipeline.py front --repeat 4      # WARC->extract->LID->4 filters vs datatrove
     python tools/bench_pipeline.py workers --repeat 4    # the front with --workers 1 vs 2
+    python tools/bench_pipeline.py filters --warm-ray     # also: joining a Ray head started beforehand
     python tools/bench_pipeline.py wordsetup --langs en,fr  # word splitter set-up per language, CPU s
     python tools/bench_pipeline.py all
 
@@ -76,13 +77,47 @@ def recipe(tmp: pathlib.Path, name: str, fmt: str, paths: str, steps: list[str],
     return str(p)
 
 
-def gristmill(recipe_path: str, out: pathlib.Path, workers: int | None = None) -> tuple[float, dict]:
+def gristmill(recipe_path: str, out: pathlib.Path, workers: int | None = None,
+              address: str | None = None) -> tuple[float, dict]:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [str(ROOT / ".venv" / "bin" / "gristmill"), "run", recipe_path, "--output", str(out), "--no-resume"]
     if workers:
         cmd += ["--workers", str(workers)]
+    if address:
+        cmd += ["--address", address]
     wall = timed(cmd)
     return wall, json.loads((out / "stats.json").read_text())
+
+
+class WarmRay:
+    """A local Ray head started once (`ray start --head --block`, not timed) for the `--warm-ray`
+    figures: each `gristmill run --address` then joins it instead of starting its own Ray, as a
+    user iterating from the shell would (README: performance). SIGTERM stops it and its
+    processes (`ray stop` would stop every Ray on the machine)."""
+
+    PORT = 6399
+
+    def __enter__(self) -> str:
+        # Ray's default addressing (the machine's own address), as a user's `ray start --head` has:
+        # `gristmill run --address` then resolves 127.0.0.1 to it
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        self.proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "ray"), "start", "--head", "--block",
+                                      f"--port={self.PORT}", f"--num-cpus={os.cpu_count() or 2}",
+                                      "--include-dashboard=false", "--disable-usage-stats"],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        address = f"127.0.0.1:{self.PORT}"
+        probe = f"import ray; ray.init(address='{address}', logging_level='ERROR'); ray.shutdown()"
+        for _ in range(60):
+            if self.proc.poll() is not None:
+                sys.exit("ray start --head failed")
+            if subprocess.run([PY, "-c", probe], env=env, capture_output=True).returncode == 0:
+                return address
+            time.sleep(1)
+        sys.exit("ray start --head: no head after 60 s")
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
 
 
 RAY_DATA = """
@@ -165,8 +200,28 @@ def bench_filters(tmp: pathlib.Path, a) -> dict:
     r = recipe(tmp, "filters", "parquet", f"{src}/part-*.parquet", ["lang:language_id"] + FILTERS)
     before = load()
     ours, stats = gristmill(r, tmp / "out-filters")
+    warm = warm_runs(a, lambda address: gristmill(r, tmp / "out-filters-warm", address=address)[0])
     theirs = datatrove("filters", src, tmp, a.tasks)
-    return report("filters", ours, theirs, stats["steps"][0]["docs_in"], ">= 10x", before)
+    res = report("filters", ours, theirs, stats["steps"][0]["docs_in"], ">= 10x", before)
+    return report_warm(res, warm, theirs)
+
+
+def warm_runs(a, fn):
+    """fn(address) with a warm local Ray head (--warm-ray), else None."""
+    if not a.warm_ray:
+        return None
+    with WarmRay() as address:
+        return fn(address)
+
+
+def report_warm(res: dict, warm, peer_wall: float) -> dict:
+    if warm is None:
+        return res
+    if isinstance(warm, float):
+        print(f"{'':<12} gristmill joining a warm local Ray (--address): {warm:7.1f} s   ratio {peer_wall / warm:5.2f}x",
+              flush=True)
+        return {**res, "gristmill_warm_s": round(warm, 2), "ratio_warm": round(peer_wall / warm, 3)}
+    return res
 
 
 def bench_front(tmp: pathlib.Path, a) -> dict:
@@ -175,8 +230,9 @@ def bench_front(tmp: pathlib.Path, a) -> dict:
                batch_rows=256)
     before = load()
     ours, stats = gristmill(r, tmp / "out-front")
+    warm = warm_runs(a, lambda address: gristmill(r, tmp / "out-front-warm", address=address)[0])
     theirs = datatrove("front", src, tmp, a.tasks)
-    res = report("front", ours, theirs, stats["steps"][0]["docs_in"], ">= 10x", before)
+    res = report_warm(report("front", ours, theirs, stats["steps"][0]["docs_in"], ">= 10x", before), warm, theirs)
     busy = sum(s.get("busy_s", 0) for s in stats["steps"])
     seg = max(s.get("segment_wall_s", 0) for s in stats["steps"])
     print(f"             steps busy {busy:.1f} s over a {seg:.1f} s segment: {busy / max(seg, 1e-9):.2f} cores busy")
@@ -190,6 +246,11 @@ def bench_workers(tmp: pathlib.Path, a) -> dict:
     before = load()
     one, s1 = gristmill(r, tmp / "out-w1", workers=1)
     two, s2 = gristmill(r, tmp / "out-w2", workers=2)
+    warm = warm_runs(a, lambda address: (gristmill(r, tmp / "out-w1-warm", workers=1, address=address)[0],
+                                         gristmill(r, tmp / "out-w2-warm", workers=2, address=address)[0]))
+    if warm:
+        print(f"             joining a warm local Ray: 1 worker {warm[0]:7.1f} s   2 workers {warm[1]:7.1f} s   "
+              f"speed-up {warm[0] / warm[1]:4.2f}x", flush=True)
     docs = s1["steps"][0]["docs_in"]
     for w, st in ((1, s1), (2, s2)):
         busy = sum(s.get("busy_s", 0) for s in st["steps"])
@@ -245,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=4, help="copies of the 990 web pages (front, workers)")
     ap.add_argument("--tasks", type=int, default=os.cpu_count() or 2, help="datatrove tasks = workers")
     ap.add_argument("--langs", default="en,fr,id,de,it,ru,ar,nl", help="languages (wordsetup)")
+    ap.add_argument("--warm-ray", action="store_true",
+                    help="filters, front, workers: also time gristmill joining a local Ray head started "
+                         "beforehand (`ray start --head`, not timed), as when iterating from the shell")
     ap.add_argument("--tmp", default="/tmp/gristmill-bench")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args(argv)
