@@ -70,8 +70,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         kwargs = dict(include_dashboard=False, logging_level=logging.WARNING,
                       log_to_driver=not quiet, ignore_reinit_error=True)
         if address:
+            check_reachable(address)
             ray.init(address=address, **kwargs)
         elif os.environ.get("RAY_ADDRESS"):
+            check_reachable(os.environ["RAY_ADDRESS"])
             ray.init(**kwargs)  # a cluster named in the environment
         else:
             # "local": a Ray of our own, even when /tmp/ray/ray_current_cluster names another
@@ -95,6 +97,34 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     ctx.print_on_execution_start = False
     ctx.verbose_stats_logs = False
     return ray
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail at once, naming the address, when no Ray cluster answers there: ``ray.init`` retries
+    an unreachable GCS forever, and its messages go to the log file, so the run would just hang.
+    The address is resolved as Ray resolves it (``auto``: the latest ``ray start``; 127.0.0.1:
+    the machine's own address). Ray Client addresses (``ray://``) are left to Ray."""
+    import socket
+
+    if address.startswith("ray://"):
+        return
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:  # private: a Ray without it connects as it always did
+        return
+    try:
+        target = canonicalize_bootstrap_address(address)
+    except Exception as e:  # noqa: BLE001 - e.g. `auto` with no cluster started on this machine
+        raise ConnectionError(f"--address {address}: {e}") from None
+    if target is None:
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as e:
+        seen = "" if target == address else f" (Ray's address for it: {target})"
+        raise ConnectionError(f"--address {address}: no Ray cluster answers{seen}: {e}. Start one with "
+                              "`ray start --head`, or leave --address out to run on a local Ray.") from None
 
 
 def shutdown_ray(grace_s: float = 0.3) -> None:

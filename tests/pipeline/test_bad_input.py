@@ -502,3 +502,22 @@ def test_wet_record_over_the_size_guard(tmp_path, monkeypatch):
     (tmp_path / "x.warc.wet.gz").write_bytes(b"".join(gzip.compress(r) for r in recs))
     rows = read(tmp_path / "x.warc.wet.gz", "wet")
     assert kept(rows) == ["fa"] and reasons(rows) == ["input:too_large (> 1000 bytes) in f"]
+
+
+def test_an_address_where_no_ray_answers_fails_at_once_naming_it(tmp_path):
+    """`--address` naming a port where no Ray cluster listens: Ray would retry the GCS forever
+    (its messages in the log file, the terminal silent); the run fails at once, naming the
+    address as given and as Ray resolves it, and says how to get a cluster."""
+    import socket
+
+    with socket.socket() as s:  # a free local port: nothing listens there
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    # a process of its own: in this one the tests' Ray is already up, and a second init is skipped
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(_small_recipe(tmp_path)),
+                           "--address", f"127.0.0.1:{port}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode != 0
+    assert f"--address 127.0.0.1:{port}: no Ray cluster answers" in proc.stderr, proc.stderr[-2000:]
+    assert "ray start --head" in proc.stderr and "Traceback" not in proc.stderr
