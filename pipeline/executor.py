@@ -31,6 +31,7 @@ from pipeline.dag import SOURCE
 from pipeline.io import (_parquet_file, file_keys, input_units, read_input, read_step_output, read_unit, text_bytes,
                          write_dataset)
 from pipeline.recipe import LoadedRecipe, expand_paths
+from pipeline.runtime import init_ray, ray_data
 from pipeline.shards import kept_refs, shard_count, summarize, table_bytes, write_empty, write_shard_refs
 from pipeline.stats import (LEDGER, STATS, Display, Progress, batch_key, check_invariants, collect,
                             format_step_line, ledger_record)
@@ -274,8 +275,6 @@ class Executor:
 
     # -- Ray Data path (unions; a global step's own work) ---------------------------------
     def _apply(self, ds, step_id: str):
-        import ray.data
-
         cls = self.loaded.operators[step_id]
         params = self.loaded.params[step_id]
         spec = self.loaded.step(step_id)
@@ -293,9 +292,9 @@ class Executor:
             size = self._concurrency(res) or max(1, int(self._cluster_cpus() // max(res.num_cpus, 0.01)))
             return ds.map_batches(StepRunner, fn_constructor_args=(step_id, cls, params, self.store.uri,
                                                                     spec.write_rejected),
-                                  compute=ray.data.ActorPoolStrategy(min_size=size, max_size=size), **common)
+                                  compute=ray_data().ActorPoolStrategy(min_size=size, max_size=size), **common)
         return ds.map_batches(run_step_task, fn_args=(step_id, cls, params, self.store.uri, spec.write_rejected),
-                              compute=ray.data.TaskPoolStrategy(size=self._concurrency(res)), **common)
+                              compute=ray_data().TaskPoolStrategy(size=self._concurrency(res)), **common)
 
     def _ctx(self, step_id: str) -> RunContext:
         return RunContext(step_id=step_id, output_dir=self.opt.output, seed=self.loaded.recipe.seed,
@@ -306,11 +305,9 @@ class Executor:
 
     def _route(self, ds, step_id: str, write_rejected: bool):
         """Route rows produced upstream (by a reader or a global step): a light task per block."""
-        import ray.data
-
         return ds.map_batches(run_step_task, fn_args=(step_id, None, None, self.store.uri, write_rejected),
                               batch_format="pyarrow", batch_size=None, num_cpus=0.25, zero_copy_batch=False,
-                              compute=ray.data.TaskPoolStrategy(size=self.opt.max_workers))
+                              compute=ray_data().TaskPoolStrategy(size=self.opt.max_workers))
 
     def _cluster_cpus(self) -> float:
         import ray
@@ -511,10 +508,8 @@ class Executor:
             return written, walls
 
     def _rows_as_dataset(self, tables: list, infos: list[dict]):
-        import ray.data
-
         refs, schema = kept_refs(tables, infos)
-        return ray.data.from_arrow_refs(refs) if refs else ray.data.from_arrow(schema.empty_table())
+        return ray_data().from_arrow_refs(refs) if refs else ray_data().from_arrow(schema.empty_table())
 
     def _run_ray_data(self, target: str, seg: list[str]) -> dict:
         self._release_pool()  # Ray Data needs the CPUs
@@ -566,8 +561,6 @@ class Executor:
                     self._release_pool()
 
     def _run(self) -> dict:
-        from pipeline.runtime import init_ray
-
         t_run = time.perf_counter()
         self._prepare_input()
         self.store.makedirs()

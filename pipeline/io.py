@@ -23,6 +23,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from operators.base import DROP_REASON, mark_dropped, set_column
+from pipeline.runtime import ray_data
 from pipeline.unique_ids import DuplicateIds, duplicates_in_file
 
 JSONL_LIFTED = ("url", "source", "language")  # JSONL fields promoted to columns; the rest go to `meta`
@@ -509,16 +510,14 @@ def read_files(files: pa.Table, fmt: str, batch_rows: int, id_col: str, text_col
 def read_input(spec, files: list[str], max_workers: int | None = None, duplicates: DuplicateIds | None = None):
     """A lazy ray.data.Dataset over the input files (one read task per file); ``duplicates``:
     the run's id pre-pass (None: each file checked on its own)."""
-    import ray.data
-
     if not files:
         raise FileNotFoundError(f"no input files match {spec.paths}")
     listing = pa.table({"path": files, "key": file_keys(files)})
-    ds = ray.data.from_arrow(listing).repartition(len(files))
+    ds = ray_data().from_arrow(listing).repartition(len(files))
     return ds.map_batches(read_files, fn_args=(spec.format, spec.batch_rows, spec.id_column, spec.text_column,
                                                duplicates),
                           batch_size=1, batch_format="pyarrow", zero_copy_batch=True,
-                          compute=ray.data.TaskPoolStrategy(size=max_workers))
+                          compute=ray_data().TaskPoolStrategy(size=max_workers))
 
 
 def input_units(spec, files: list[str]) -> list[tuple]:
@@ -586,7 +585,5 @@ def write_dataset(ds, store, rel_dir: str, shard_bytes: int) -> dict:
 
 
 def read_step_output(store, rel_dir: str):
-    import ray.data
-
     files = [store.full(p) for p in store.list(rel_dir, ".parquet")]
-    return ray.data.read_parquet(files, filesystem=None if "://" in store.uri else None)
+    return ray_data().read_parquet(files, filesystem=None if "://" in store.uri else None)
