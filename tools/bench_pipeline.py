@@ -118,12 +118,17 @@ class WarmRay:
     def __exit__(self, *exc) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=60)
+        # `ray start` leaves its address here for `ray.init()` / `--address auto`; a plain
+        # `ray.init()` later would try to join this stopped head
+        current = pathlib.Path("/tmp/ray/ray_current_cluster")
+        if current.is_file() and current.read_text().strip().endswith(f":{self.PORT}"):
+            current.unlink()
 
 
 RAY_DATA = """
 import sys, ray
 src, dst = sys.argv[1], sys.argv[2]
-ray.init(include_dashboard=False, logging_level="WARNING")
+ray.init(address="local", include_dashboard=False, logging_level="WARNING")  # its own Ray, as ours
 ray.data.DataContext.get_current().enable_progress_bars = False
 ray.data.read_parquet(src).map_batches(lambda b: b, batch_format="pyarrow").write_parquet(dst)
 """
