@@ -73,7 +73,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
             check_reachable(address)
             ray.init(address=address, **kwargs)
         elif os.environ.get("RAY_ADDRESS"):
-            check_reachable(os.environ["RAY_ADDRESS"])
+            check_reachable(os.environ["RAY_ADDRESS"], named_by="RAY_ADDRESS=")
             ray.init(**kwargs)  # a cluster named in the environment
         else:
             # "local": a Ray of our own, even when /tmp/ray/ray_current_cluster names another
@@ -114,7 +114,7 @@ def ray_data():
     return ray.data
 
 
-def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+def check_reachable(address: str, named_by: str = "--address ", timeout_s: float = 10.0) -> None:
     """Fail at once, naming the address, when no Ray cluster answers there: ``ray.init`` retries
     an unreachable GCS forever, and its messages go to the log file, so the run would just hang.
     The address is resolved as Ray resolves it (``auto``: the latest ``ray start``; 127.0.0.1:
@@ -130,7 +130,7 @@ def check_reachable(address: str, timeout_s: float = 10.0) -> None:
     try:
         target = canonicalize_bootstrap_address(address)
     except Exception as e:  # noqa: BLE001 - e.g. `auto` with no cluster started on this machine
-        raise ConnectionError(f"--address {address}: {e}") from None
+        raise ConnectionError(f"{named_by}{address}: {e}") from None
     if target is None:
         return
     host, _, port = target.rpartition(":")
@@ -138,7 +138,7 @@ def check_reachable(address: str, timeout_s: float = 10.0) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except (OSError, ValueError) as e:
         seen = "" if target == address else f" (Ray's address for it: {target})"
-        raise ConnectionError(f"--address {address}: no Ray cluster answers{seen}: {e}. Start one with "
+        raise ConnectionError(f"{named_by}{address}: no Ray cluster answers{seen}: {e}. Start one with "
                               "`ray start --head`, or leave --address out to run on a local Ray.") from None
 
 
@@ -151,10 +151,9 @@ def shutdown_ray(grace_s: float = 0.3) -> None:
     first (``ray.shutdown`` with that process list set aside), then the raylet is stopped (it
     stops its workers, and exits within ~0.1 s while the GCS is up), then the rest get SIGTERM
     together and whatever is still alive after ``grace_s`` gets the SIGKILL Ray would send after
-    its second. A joined cluster is only disconnected, as ``ray.shutdown`` does.
+    its second; a worker still there (its raylet needed SIGKILL) gets one too. A joined
+    cluster is only disconnected, as ``ray.shutdown`` does.
     """
-    import time
-
     import ray
     from ray._private import ray_constants
 
@@ -166,14 +165,29 @@ def shutdown_ray(grace_s: float = 0.3) -> None:
     if not isinstance(started, dict) or not started:
         ray.shutdown()
         return
+    import psutil
+
     raylet = [i.process for i in started.get(ray_constants.PROCESS_TYPE_RAYLET, [])]
     rest = [i.process for k, infos in started.items() if k != ray_constants.PROCESS_TYPE_RAYLET for i in infos]
+    workers = []  # the raylet's worker processes, in case it cannot stop them itself
+    for p in raylet:
+        try:
+            workers += psutil.Process(p.pid).children(recursive=True)
+        except psutil.Error:
+            pass
     node.all_processes = {}
     try:
         ray.shutdown()
     finally:
-        _stop_processes(raylet, grace_s=2.0)
+        # ~0.1 s on a quiet machine; a loaded one may need seconds to stop the workers
+        _stop_processes(raylet, grace_s=10.0)
         _stop_processes(rest, grace_s=grace_s)
+        for w in workers:  # left only when the raylet was killed: they would linger
+            try:
+                w.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(workers, timeout=5)
 
 
 def _stop_processes(procs: list, grace_s: float) -> None:
@@ -190,7 +204,10 @@ def _stop_processes(procs: list, grace_s: float) -> None:
             p.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             p.kill()
-            p.wait()
+            try:  # bounded, as Ray's own: SIGKILL cannot reap a process stuck in the kernel
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
 
 
 def _python_sigterm_handler():
