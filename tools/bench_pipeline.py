@@ -219,14 +219,12 @@ def warm_runs(a, fn):
         return fn(address)
 
 
-def report_warm(res: dict, warm, peer_wall: float) -> dict:
+def report_warm(res: dict, warm: float | None, peer_wall: float) -> dict:
     if warm is None:
         return res
-    if isinstance(warm, float):
-        print(f"{'':<12} gristmill joining a warm local Ray (--address): {warm:7.1f} s   ratio {peer_wall / warm:5.2f}x",
-              flush=True)
-        return {**res, "gristmill_warm_s": round(warm, 2), "ratio_warm": round(peer_wall / warm, 3)}
-    return res
+    print(f"{'':<12} gristmill joining a warm local Ray (--address): {warm:7.1f} s   ratio {peer_wall / warm:5.2f}x",
+          flush=True)
+    return {**res, "gristmill_warm_s": round(warm, 2), "ratio_warm": round(peer_wall / warm, 3)}
 
 
 def bench_front(tmp: pathlib.Path, a) -> dict:
@@ -264,8 +262,10 @@ def bench_workers(tmp: pathlib.Path, a) -> dict:
               f"({busy / max(seg, 1e-9) / w:.0%} of {w} core(s))")
     print(f"workers      1 worker {one:7.1f} s   2 workers {two:7.1f} s   speed-up {one / two:4.2f}x (target >= 1.8x)"
           f"   load {before} -> {load()}", flush=True)
-    return {"bench": "workers", "w1_s": round(one, 2), "w2_s": round(two, 2), "docs": docs,
-            "ratio": round(one / two, 3)}
+    res = {"bench": "workers", "w1_s": round(one, 2), "w2_s": round(two, 2), "docs": docs, "ratio": round(one / two, 3)}
+    if warm:
+        res.update(w1_warm_s=round(warm[0], 2), w2_warm_s=round(warm[1], 2), ratio_warm=round(warm[0] / warm[1], 3))
+    return res
 
 
 WORD_SETUP = """import sys, time

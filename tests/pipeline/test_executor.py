@@ -247,7 +247,8 @@ def test_the_readers_busy_time_is_its_reading(tmp_path, corpus, monkeypatch):
 
 
 SHUTDOWN = """
-import os, sys, time, psutil
+import os
+import psutil
 from pipeline.runtime import init_ray, shutdown_ray
 ray = init_ray(quiet=True)
 
@@ -258,7 +259,7 @@ class Pid:
 
 workers = ray.get([a.pid.remote() for a in [Pid.remote() for _ in range(2)]])
 started = psutil.Process().children(recursive=True)
-assert {w for w in workers} <= {p.pid for p in started}, (workers, started)
+assert set(workers) <= {p.pid for p in started}, (workers, started)
 shutdown_ray()
 assert not ray.is_initialized()
 # a worker the raylet was still starting may notice its raylet gone a moment later
