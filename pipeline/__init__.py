@@ -8,7 +8,8 @@ For notebooks::
     result.table("subsample")  # a written step's rows as a pyarrow Table
     result.rejected("lang")    # the rows a step dropped, with their drop_reason
 
-A second run in the same process reuses the running Ray instead of starting a new one.
+A small local run starts no Ray (worker processes forked from a server started once per
+process); a run that needs Ray starts it once, and a second run in the same process reuses it.
 """
 from __future__ import annotations
 
@@ -53,12 +54,15 @@ class RunResult(dict):
 
 def run(recipe: str | os.PathLike | dict, output: str | None = None, *, set: Iterable[str] = (),
         workers: int | None = None, resume: bool = True, quiet: bool = False, progress: bool = True,
-        address: str | None = None) -> RunResult:
+        address: str | None = None, executor: str | None = None) -> RunResult:
     """Run a recipe (a YAML path, or the same content as a dict) and return its stats.
 
     `output` overrides the recipe's output dir; `set` takes the CLI's `--set` overrides;
     `workers` caps parallel workers per step; `resume=False` recomputes complete steps.
-    Ray is started on the first call and reused by later ones (`ray.shutdown()` ends it).
+    `executor`: auto (default), ray or local (pipeline.executor.Executor.choose_backend): a
+    small local run uses worker processes forked from a server started on the first call and
+    starts no Ray; a run that needs Ray starts it on the first such call and later ones reuse it
+    (`ray.shutdown()` ends it).
     """
     from pipeline.executor import RunOptions, run_recipe
     from pipeline.recipe import load_recipe
@@ -66,7 +70,8 @@ def run(recipe: str | os.PathLike | dict, output: str | None = None, *, set: Ite
     path = _recipe_path(recipe)
     loaded = load_recipe(path, list(set))
     stats = run_recipe(loaded, RunOptions(output=output or loaded.recipe.output, address=address,
-                                          max_workers=workers, resume=resume, quiet=quiet, progress=progress))
+                                          max_workers=workers, resume=resume, quiet=quiet, progress=progress,
+                                          executor=executor))
     return RunResult(stats)
 
 

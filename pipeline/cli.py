@@ -70,7 +70,8 @@ def _run_locked(args, loaded, out) -> int:
               file=term_err, flush=True)
     try:
         stats = run_recipe(loaded, RunOptions(output=out, address=args.address, max_workers=args.workers,
-                                              resume=not args.no_resume, quiet=args.quiet, term=term_err))
+                                              resume=not args.no_resume, quiet=args.quiet, term=term_err,
+                                              executor=args.executor))
     except BaseException as e:  # noqa: BLE001 - the traceback is in the log; the terminal gets the gist
         stop = _interruption(e)
         if stop is not None:
@@ -216,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--output", help="output dir (default: the recipe's `output`)")
             p.add_argument("--address", help="Ray cluster to join: auto or ray://host:port (default: local Ray)")
             p.add_argument("--workers", type=int, help="at most this many parallel workers per step")
+            p.add_argument("--executor", choices=("auto", "ray", "local"),
+                           help="auto (default; GRISTMILL_EXECUTOR): a small local run uses worker processes "
+                                "and starts no Ray, anything else runs on Ray; ray or local force one")
             p.add_argument("--no-resume", action="store_true", help="recompute steps even if complete")
             p.add_argument("--quiet", action="store_true", help="no progress output")
             p.add_argument("--verbose", action="store_true",

@@ -30,6 +30,7 @@ from pipeline import dag
 from pipeline.dag import SOURCE
 from pipeline.io import (_parquet_file, file_keys, input_units, read_input, read_step_output, read_unit, text_bytes,
                          write_dataset)
+from pipeline.pools import LocalPool, RayPool, fetch, local_cpus
 from pipeline.recipe import LoadedRecipe, expand_paths
 from pipeline.runtime import init_ray, ray_data
 from pipeline.shards import kept_refs, shard_count, summarize, table_bytes, write_empty, write_shard_refs
@@ -134,6 +135,8 @@ class SegmentWorker:
     {"kind": "parquet", "batch_rows": n}.
     """
 
+    hold = None  # what kept rows become before they are returned (a local pool spills them to a file)
+
     def configure(self, steps: list[tuple], store_uri: str, source: dict) -> None:
         """Set up this segment's chain (operators load their models here). A run keeps its pool
         from segment to segment, so only the first segment pays for the worker processes."""
@@ -194,20 +197,20 @@ class SegmentWorker:
         table = None
         if parts:
             table = pa.concat_tables(parts, promote_options="default") if len(parts) > 1 else parts[0]
-        return table, {"counts": counts, **_table_info(table)}
+        info = {"counts": counts, **_table_info(table)}
+        return (self.hold(table) if self.hold else table), info
 
     def run_global(self, refs: list, step_id: str, op_cls, params, ctx: RunContext, write_rejected: bool,
                    schema: pa.Schema) -> tuple[pa.Table, dict]:
         """A global step's in-memory path (Operator.run_table) on this warm worker: every input
         row in one table; its output routed as the Ray Data path routes it (ledger, rejected)."""
-        import ray
-
-        tables = ray.get(list(refs))
+        tables = fetch(refs)
         table = pa.concat_tables(tables, promote_options="default") if tables else schema.empty_table()
         op = op_cls(params)
         op.ensure_setup()
         kept = StepRunner(step_id, None, None, self.store_uri, write_rejected)(op.run_table(table, ctx))
-        return kept, _table_info(kept)
+        info = _table_info(kept)
+        return (self.hold(kept) if self.hold else kept), info
 
     def write_shard(self, refs: list, shard: int, n: int, store_uri: str, rel_dir: str) -> dict:
         return write_shard_refs(refs, shard, n, store_uri, rel_dir)
@@ -243,6 +246,7 @@ class RunOptions:
     quiet: bool = False
     progress_every: float = 10.0  # seconds between plain progress lines when not on a terminal
     term: object = None  # where our own lines and the live display go (None: sys.stderr)
+    executor: str | None = None  # auto | ray | local (None: GRISTMILL_EXECUTOR, else auto)
 
 
 class Executor:
@@ -253,8 +257,9 @@ class Executor:
         self.mats = dag.materialized(self.steps, self.kinds)
         self.store = Store(options.output)
         self._dups = None  # the id pre-pass, run when a segment first reads the input
-        self._pool: list = []  # SegmentWorker actors, kept from segment to segment
+        self._pool = None  # SegmentWorkers (pipeline.pools), kept from segment to segment
         self._pool_resources: tuple = ()
+        self.local = False  # True: this run starts no Ray (see choose_backend)
         self.unique_ids: dict | None = None  # its summary, for stats.json
 
     @property
@@ -310,6 +315,8 @@ class Executor:
                               compute=ray_data().TaskPoolStrategy(size=self.opt.max_workers))
 
     def _cluster_cpus(self) -> float:
+        if self.local:
+            return float(local_cpus())
         import ray
 
         return float(ray.cluster_resources().get("CPU", 1))
@@ -385,8 +392,6 @@ class Executor:
 
     def _start_pool(self, input_id: str, chain: list[str]):
         """Work units and a pool of SegmentWorkers for the chain, all started at once."""
-        import ray
-
         steps = []
         if input_id == SOURCE:
             source = {"kind": "input", "spec": self.loaded.recipe.input, "duplicates": None}
@@ -409,39 +414,56 @@ class Executor:
         num_gpus = max([r.num_gpus for r in ress] + [0.0])
         size = max(1, int(self._cluster_cpus() // num_cpus))
         if num_gpus:
+            import ray
+
             size = min(size, max(1, int(ray.cluster_resources().get("GPU", 0) // num_gpus)))
         caps = [c for c in [r.concurrency for r in ress] + [self.opt.max_workers] if c]
         size = max(1, min([size] + caps))
         every = -(-size // max(len(units), 1))  # split parts when there are fewer than workers
         units = [(u, k, every) for u in units for k in range(every)]
         size = min(size, len(units))
-        if self._pool_resources != (num_cpus, num_gpus) or len(self._pool) < size:
+        if self._pool is None or self._pool_resources != (num_cpus, num_gpus) or len(self._pool) < size:
             self._release_pool()
-            # max_restarts=0: a failed operator fails the run with its own error (no silent retry)
-            actor = ray.remote(SegmentWorker).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
-            self._pool = [actor.remote() for _ in range(size)]
+            self._pool = self._new_pool(size, num_cpus, num_gpus)
             self._pool_resources = (num_cpus, num_gpus)
-        pool = self._pool[:size]
-        for a in pool:  # a worker runs its calls in order: this one comes before its units
-            a.configure.remote(steps, self.store.uri, source)
+        pool = self._pool.first(size)
+        for w in range(size):  # a worker runs its calls in order: this one comes before its units
+            pool.call(w, "configure", steps, self.store.uri, source)
         if input_id == SOURCE:
             dups = self._duplicate_ids(pool)
-            for a in pool:
-                a.use_duplicates.remote(dups)
+            for w in range(size):
+                pool.call(w, "use_duplicates", dups)
         return units, pool
+
+    def _new_pool(self, size: int, num_cpus: float, num_gpus: float):
+        if self.local:
+            ops = sorted({c.__module__ for c in self.loaded.operators.values()})
+            base = os.path.dirname(os.path.abspath(self.loaded.path))
+            return LocalPool(size, self._spill_dir(), [(p, base) for p in self.loaded.recipe.plugins],
+                             preload=["pipeline.executor", *[m for m in ops if m.startswith("operators.")]])
+        import ray
+
+        # max_restarts=0: a failed operator fails the run with its own error (no silent retry)
+        actor = ray.remote(SegmentWorker).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
+        return RayPool([actor.remote() for _ in range(size)])
+
+    def _spill_dir(self) -> str:
+        """Where a local pool's workers keep their rows until the segment is written: inside a
+        local output dir (the disk the user chose for the run), else the system's temp dir."""
+        if "://" not in self.store.uri:
+            return os.path.join(self.opt.output, "_spill")
+        import tempfile
+
+        return tempfile.mkdtemp(prefix="gristmill-spill-")
 
     def _release_pool(self) -> None:
         """Kill the pool: before work that needs its CPUs (Ray Data), after a failure, at the end."""
-        import ray
+        if self._pool is not None:
+            self._pool.release()
+        self._pool, self._pool_resources = None, ()
 
-        for a in self._pool:
-            ray.kill(a)
-        self._pool, self._pool_resources = [], ()
-
-    def _run_pool(self, units: list, pool: list, display: Display) -> tuple[list, list[dict]]:
+    def _run_pool(self, units: list, pool, display: Display) -> tuple[list, list[dict]]:
         """Feed units to the pool (two in flight per worker, the next one to whoever finishes)."""
-        import ray
-
         tables: list = [None] * len(units)
         infos: list = [None] * len(units)
         pending: dict = {}
@@ -450,7 +472,7 @@ class Executor:
         def submit(w: int) -> None:
             nonlocal nxt
             if nxt < len(units):
-                table, info = pool[w].run_unit.options(num_returns=2).remote(units[nxt])
+                table, info = pool.call(w, "run_unit", units[nxt], returns=2)
                 tables[nxt] = table
                 pending[info] = (w, nxt)
                 nxt += 1
@@ -459,33 +481,35 @@ class Executor:
             for w in range(len(pool)):
                 submit(w)
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.25)
-            for ref in done:
+            for ref in pool.wait(list(pending), timeout=0.25):
                 w, u = pending.pop(ref)
-                infos[u] = ray.get(ref)
+                infos[u] = pool.get(ref)
+                tables[u] = pool.held(tables[u])
                 display.units_done += 1  # counts come from the ledger (Progress): finer than units
                 submit(w)
             display.refresh()
         return tables, infos
 
-    def _write_with_pool(self, pool: list, tables: list, infos: list[dict], target: str) -> dict:
-        import ray
-
+    def _write_with_pool(self, pool, tables: list, infos: list[dict], target: str) -> dict:
         self.store.rmtree(target)
         self.store.makedirs(target)
         refs, schema = kept_refs(tables, infos)
         if not refs:
             return write_empty(self.store, target, schema)
         n = shard_count(sum(i["bytes"] for i in infos), self.loaded.recipe.shard_bytes)
-        results = ray.get([pool[s % len(pool)].write_shard.remote(refs, s, n, self.store.uri, target)
-                           for s in range(n)])
+        results = pool.get([pool.call(s % len(pool), "write_shard", refs, s, n, self.store.uri, target)
+                            for s in range(n)])
         return summarize(results)
 
     def _run_fused(self, target: str, input_id: str, chain: list[str], seg: list[str]) -> tuple[dict, dict]:
         """Run a chain segment; returns (what was written, per-step wall seconds measured here)."""
-        import ray
-
         units, pool = self._start_pool(input_id, chain)
+        try:
+            return self._run_units(target, units, pool, seg)
+        finally:
+            pool.clear_spill()  # what the workers kept is written (or the run failed)
+
+    def _run_units(self, target: str, units: list, pool, seg: list[str]) -> tuple[dict, dict]:
         walls: dict[str, float] = {}
         display = self._display(seg, total_units=len(units))
         with display, Progress(self.store, seg, display=display, interval=1.0):
@@ -495,24 +519,37 @@ class Executor:
             t0 = time.perf_counter()
             if self._in_memory(target, sum(i["bytes"] for i in infos)):
                 refs, schema = kept_refs(tables, infos)
-                table, info = pool[0].run_global.options(num_returns=2).remote(
-                    refs, target, self.loaded.operators[target], self.loaded.params[target], self._ctx(target),
-                    self.loaded.step(target).write_rejected, schema)
-                written = self._write_with_pool(pool, [table], [ray.get(info)], target)
+                table, info = pool.call(0, "run_global", refs, target, self.loaded.operators[target],
+                                        self.loaded.params[target], self._ctx(target),
+                                        self.loaded.step(target).write_rejected, schema, returns=2)
+                written = self._write_with_pool(pool, [pool.held(table)], [pool.get(info)], target)
                 walls[target] = time.perf_counter() - t0
                 return written, walls
-            self._release_pool()  # the global step needs the CPUs
-            ds = self._rows_as_dataset(tables, infos)
+            ds = self._rows_as_dataset(tables, infos)  # the pool is released: the global step needs the CPUs
             written = write_dataset(self._apply(ds, target), self.store, target, self.loaded.recipe.shard_bytes)
             walls[target] = time.perf_counter() - t0
             return written, walls
 
     def _rows_as_dataset(self, tables: list, infos: list[dict]):
         refs, schema = kept_refs(tables, infos)
+        if self.local:
+            # a local run whose global step turned out too big for one process: Ray from here on
+            # (_start_ray releases the pool), and the rows the local workers kept, read before
+            # their spill folder goes, into its object store
+            tables = fetch(refs)
+            self._start_ray()
+            import ray
+
+            refs = [ray.put(t) for t in tables]
+            del tables
+        else:
+            self._release_pool()  # before Ray Data's tasks: the actors hold the CPUs
         return ray_data().from_arrow_refs(refs) if refs else ray_data().from_arrow(schema.empty_table())
 
     def _run_ray_data(self, target: str, seg: list[str]) -> dict:
         self._release_pool()  # Ray Data needs the CPUs
+        if self.local:
+            self._start_ray()
         display = self._display(seg)
         with display, Progress(self.store, seg, display=display, interval=0.5):
             return write_dataset(self._plan(target, target), self.store, target, self.loaded.recipe.shard_bytes)
@@ -557,8 +594,7 @@ class Executor:
             try:
                 return self._run()
             finally:
-                if self._pool:
-                    self._release_pool()
+                self._release_pool()
 
     def _run(self) -> dict:
         t_run = time.perf_counter()
@@ -570,8 +606,9 @@ class Executor:
         todo = [t for t in targets if not (self.opt.resume and self._complete(t) == hashes[t])]
         self.say(f"[gristmill] {self.loaded.recipe.name}: {len(self.files)} input file(s), {len(order)} steps "
                  f"-> {self.opt.output}")
-        if todo:  # a rerun with every output complete does not even start Ray
-            init_ray(self.opt.address, num_cpus=None, quiet=self.opt.quiet, progress=False)
+        self.local = bool(todo) and self.choose_backend(todo) == "local"
+        if todo and not self.local:  # a rerun with every output complete does not even start Ray
+            self._start_ray()
         status: dict[str, str] = {}
         for target in targets:
             h = hashes[target]
@@ -614,6 +651,42 @@ class Executor:
             self.store.write_json(f"{target}/{MARKER}", {"hash": h, "rows": written["rows"],
                                                           "files": written["files"], "wall_s": round(wall, 3)})
         return self._write_stats(status, time.perf_counter() - t_run)
+
+    def _start_ray(self) -> None:
+        self._release_pool()
+        self.local = False
+        init_ray(self.opt.address, num_cpus=None, quiet=self.opt.quiet, progress=False)
+
+    def choose_backend(self, todo: list[str]) -> str:
+        """"local" (worker processes, no Ray: pipeline.pools) or "ray" for the segments in `todo`.
+
+        GRISTMILL_EXECUTOR (or RunOptions.executor) = ray | local | auto (default). auto is
+        local when nothing needs Ray: no cluster named (--address, RAY_ADDRESS), the input at most
+        GRISTMILL_LOCAL_MB (1024) on disk, no step asking for GPUs, and every segment a fused chain
+        whose global step (if any) can run in memory. A global step whose input turns out larger
+        than in_memory_bytes() switches the run to Ray there (its distributed plan)."""
+        want = (self.opt.executor or os.environ.get("GRISTMILL_EXECUTOR") or "auto").lower()
+        if want not in ("auto", "ray", "local"):
+            raise ValueError(f"GRISTMILL_EXECUTOR={want!r}: expected auto, ray or local")
+        if want != "auto":
+            if want == "local" and (self.opt.address or os.environ.get("RAY_ADDRESS")):
+                raise ValueError("executor local runs without Ray: it cannot join the cluster named by "
+                                 + ("--address" if self.opt.address else "RAY_ADDRESS"))
+            return want
+        if self.opt.address or os.environ.get("RAY_ADDRESS"):
+            return "ray"
+        if any(self.loaded.resources[s.id].num_gpus for s in self.steps):
+            return "ray"
+        limit = float(os.environ.get("GRISTMILL_LOCAL_MB", "1024")) * 2**20
+        if sum(f[1] or 0 for f in self.loaded.source_fingerprint) > limit:
+            return "ray"
+        for target in todo:
+            if self._chain_of(target) is None:
+                return "ray"
+            if self.kinds[target] == "global" and not (self.loaded.operators[target].has_table_path()
+                                                      and in_memory_bytes() > 0):
+                return "ray"
+        return "local"
 
     def _written_bytes(self, step_id: str) -> int:
         """Uncompressed size of a written step's Parquet files, from their footers."""

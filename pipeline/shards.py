@@ -72,10 +72,11 @@ def write_shard(tables: list[pa.Table], shard: int, n: int, store_uri: str, rel_
 
 
 def write_shard_refs(refs: list, shard: int, n: int, store_uri: str, rel_dir: str) -> dict:
-    """write_shard over tables still in the object store (read zero-copy where they live)."""
-    import ray
+    """write_shard over tables a pool holds (Ray's object store or local spill files, read
+    zero-copy where they live)."""
+    from pipeline.pools import fetch
 
-    return write_shard(ray.get(list(refs)), shard, n, store_uri, rel_dir)
+    return write_shard(fetch(refs), shard, n, store_uri, rel_dir)
 
 
 def sizes_of_refs(refs: list) -> list[int]:

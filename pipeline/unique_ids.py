@@ -243,15 +243,22 @@ def _task(fn, n_returns: int = 1):
 def check_unique_ids(spec, files: list[str], keys: list[str], store, input_hash: str,
                      resume: bool = True, cpus: float = 1, workers: list | None = None) -> tuple[DuplicateIds, dict]:
     """Run the pre-pass (or reuse the one complete for ``input_hash``); (DuplicateIds, summary).
-    The summary is {ids, duplicates, wall_s, reused} (a few numbers). ``workers``: actors with
-    ready / scan_file / bucket_duplicates / write_duplicates methods (the segment's pool, whose processes
-    are warm) to run it on, round robin; None: Ray tasks (each new worker process pays its imports)."""
-    import ray
+    The summary is {ids, duplicates, wall_s, reused} (a few numbers). ``workers``: a pool
+    (pipeline.pools) whose workers have ready / scan_file / bucket_duplicates / write_duplicates
+    methods (the segment's pool, whose processes are warm) to run it on, round robin; None: Ray
+    tasks (each new worker process pays its imports)."""
 
-    def call(k: int, fn, n_returns: int = 1):
+    def call(k: int, fn, *args, n_returns: int = 1):
         if workers:
-            return getattr(workers[k % len(workers)], fn.__name__).options(num_returns=n_returns)
-        return _task(fn, n_returns)
+            return workers.call(k % len(workers), fn.__name__, *args, returns=n_returns)
+        return _task(fn, n_returns).remote(*args)
+
+    def get(refs):
+        if workers:
+            return workers.get(refs)
+        import ray
+
+        return ray.get(refs)
 
     path = store.full(store.path(DIR, FILE))
     if resume:
@@ -262,19 +269,19 @@ def check_unique_ids(spec, files: list[str], keys: list[str], store, input_hash:
         if done and done.get("hash") == input_hash:
             return DuplicateIds(path if done["duplicates"] else None), {**done, "reused": True}
     if workers:  # wait for the pool to be up, so that wall_s is the check's own time
-        ray.get([w.ready.remote() for w in workers])
+        get([workers.call(w, "ready") for w in range(len(workers))])
     t0 = time.perf_counter()
     store.rmtree(DIR)
     n_buckets = max(1, min(256, len(files), int(2 * cpus)))
-    outs = [call(i, scan_file, n_buckets + 1).remote(f, i, spec.format, spec.id_column, spec.text_column, n_buckets)
-            for i, f in enumerate(files)]
-    sizes = ray.get([o[0] for o in outs])  # rows per bucket per file: a few ints per file
+    outs = [call(i, scan_file, f, i, spec.format, spec.id_column, spec.text_column, n_buckets,
+                 n_returns=n_buckets + 1) for i, f in enumerate(files)]
+    sizes = get([o[0] for o in outs])  # rows per bucket per file: a few ints per file
     per_bucket = [sum(s[b] for s in sizes) for b in range(n_buckets)]
-    dup_refs = [call(b, bucket_duplicates).remote(*[o[1 + b] for o in outs])
+    dup_refs = [call(b, bucket_duplicates, *[o[1 + b] for o in outs])
                 for b in range(n_buckets) if per_bucket[b] > 1]
     n_dups = 0
     if dup_refs:
-        n_dups = ray.get(call(0, write_duplicates).remote(keys, position_word(spec.format), store.uri, *dup_refs))
+        n_dups = get(call(0, write_duplicates, keys, position_word(spec.format), store.uri, *dup_refs))
     del outs, dup_refs
     summary = {"hash": input_hash, "ids": sum(per_bucket), "duplicates": n_dups,
                "wall_s": round(time.perf_counter() - t0, 3)}

@@ -125,6 +125,50 @@ def test_same_output_bytes_with_one_or_two_workers(ray_session, tmp_path, corpus
     assert ra.column("id").equals(rb.column("id"))
 
 
+def test_local_workers_and_ray_write_the_same_bytes(ray_session, tmp_path, corpus):
+    """The local pool (worker processes, no Ray: pipeline.pools) and Ray's actors run the same
+    SegmentWorker code: the same files, rejected rows and counts, with 1 or 2 workers."""
+    outs = {}
+    for executor, workers in (("local", 1), ("local", 2), ("ray", 2)):
+        name = f"{executor}{workers}"
+        loaded = load_recipe(recipe(tmp_path, corpus, LINEAR, name=name, batch_rows=97))
+        stats = run_recipe(loaded, RunOptions(output=str(tmp_path / f"out-{name}"), max_workers=workers, quiet=True,
+                                              executor=executor))
+        assert stats["invariant_ok"]
+        outs[name] = ({s["id"]: (s["docs_in"], s["docs_out"], s["dropped"]) for s in stats["steps"]},
+                      {step: digest(tmp_path / f"out-{name}", step) for step in ("dedup", "pick")},
+                      pq.read_table(tmp_path / f"out-{name}" / "rejected").sort_by("id"))
+        assert not (tmp_path / f"out-{name}" / "_spill").exists()  # the local workers' rows are cleaned up
+    assert outs["local1"][0]["dedup"][2]
+    assert outs["local1"][0] == outs["local2"][0] == outs["ray2"][0]
+    assert outs["local1"][1] == outs["local2"][1] == outs["ray2"][1]
+    assert outs["local1"][2].equals(outs["local2"][2]) and outs["local1"][2].equals(outs["ray2"][2])
+
+
+AUTO = """
+import sys
+import pipeline
+stats = pipeline.run(sys.argv[1], output=sys.argv[2], quiet=True, resume=False)
+print("ray imported:", "ray" in sys.modules, "ok:", stats["invariant_ok"])
+"""
+
+
+def test_a_small_local_run_starts_no_ray_and_a_big_global_step_switches_to_it(tmp_path, corpus):
+    """executor auto: a small local run never imports Ray; when a global step's input turns out
+    larger than the in-memory limit, the run goes on on Ray (its distributed plan) from there,
+    with the same bytes."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("GRISTMILL_EXECUTOR", None)
+    p = recipe(tmp_path, corpus, LINEAR, name="auto")
+    for name, limit in (("small", "256"), ("switch", "0.01")):
+        proc = subprocess.run([sys.executable, "-c", AUTO, p, str(tmp_path / name)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300, env={**env, "GRISTMILL_IN_MEMORY_MB": limit})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"ray imported: {name == 'switch'} ok: True" in proc.stdout, proc.stdout
+    for step in ("dedup", "pick"):
+        assert digest(tmp_path / "small", step) == digest(tmp_path / "switch", step)
+
+
 def test_global_steps_in_memory_or_distributed_write_the_same_bytes(ray_session, tmp_path, corpus):
     """A small input runs a global step in one warm worker (Operator.run_table); a large one
     runs its distributed Ray Data plan. Both write the same files, rejected rows and counts.
@@ -181,7 +225,8 @@ def test_crashed_run_resumes_to_identical_output(ray_session, tmp_path, corpus):
 
 def test_sigterm_stops_the_run_cleanly_and_a_rerun_resumes(ray_session, tmp_path, corpus):
     """`kill` (SIGTERM) of `gristmill run`: exit 143 with one line saying so (no traceback),
-    none of the Ray processes it started left behind, and the same command resumes."""
+    none of the processes it started left behind (its local workers here), and the same command
+    resumes."""
     import psutil
 
     p = recipe(tmp_path, corpus, LINEAR, name="term")
@@ -193,7 +238,7 @@ def test_sigterm_stops_the_run_cleanly_and_a_rerun_resumes(ray_session, tmp_path
     while not (out / "_ledger" / "length").is_dir() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     started = psutil.Process(proc.pid).children(recursive=True)
-    assert started, "the run started no Ray processes"
+    assert started, "the run started no worker processes"
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=120)[1].decode()
     assert proc.returncode == 143, err[-2000:]

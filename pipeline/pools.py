@@ -1,0 +1,253 @@
+"""The worker pools a fused segment runs on: Ray actors, or, for a small local run, plain
+worker processes that start no Ray at all.
+
+Both give the executor the same few calls (`call`, `get`, `wait`, `release`): a worker runs its
+calls one after another, in the order they were made, and keeps its state between them (the
+configured chain of operators, their models), as a Ray actor does.
+
+Why a pool without Ray: on 2 cores a local `ray.init` costs ~3-4 s (GCS, raylet and five Python
+helper processes that import for ~1 s CPU each), its actors ~0.7 s more to start and import,
+and its shutdown ~0.5 s: more than the work itself for the thousands of documents people iterate
+on in a notebook. `LocalPool` forks its workers from a `multiprocessing` fork server that has
+already imported the engine and the recipe's operators (~0.5 s, once per driver process), so the
+first unit starts a moment after the run does. What a worker keeps (the kept rows of its units)
+it writes as an Arrow IPC file in the run's spill folder and hands back a `LocalTable` naming it;
+whichever worker writes a shard memory-maps those files, so rows never pass through the driver,
+as with Ray's object store. The spill folder is removed when the segment is written.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import shutil
+import uuid
+from concurrent.futures.process import BrokenProcessPool
+
+import pyarrow as pa
+
+
+def local_cpus() -> int:
+    """The cores this process may use (its affinity mask, as a container's cpuset limits it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class LocalTable:
+    """Rows a local worker kept, as an Arrow IPC file in the spill folder (read memory-mapped)."""
+
+    __slots__ = ("path", "rows")
+
+    def __init__(self, path: str, rows: int):
+        self.path, self.rows = path, rows
+
+    def __getstate__(self):
+        return self.path, self.rows
+
+    def __setstate__(self, state):
+        self.path, self.rows = state
+
+    def read(self) -> pa.Table:
+        with pa.memory_map(self.path) as source:
+            return pa.ipc.open_file(source).read_all()
+
+
+def fetch(refs) -> list[pa.Table]:
+    """The tables behind `refs`: LocalTable files, or Ray object refs (ray.get)."""
+    refs = list(refs)
+    if all(isinstance(r, LocalTable) for r in refs):
+        return [r.read() for r in refs]
+    import ray
+
+    return ray.get(refs)
+
+
+# -- the local worker process -------------------------------------------------------------------
+_WORKER = None  # this process's SegmentWorker
+_SPILL: str | None = None
+
+
+def _start_worker(spill_dir: str, plugins: list[tuple[str, str]]) -> None:
+    """Initializer of a local worker: the recipe's plugins (so that their operator classes
+    unpickle here by name), then one SegmentWorker whose kept rows go to spill files."""
+    global _WORKER, _SPILL
+    from operators.base import load_plugin
+    from pipeline.executor import SegmentWorker
+
+    for spec, base in plugins:
+        load_plugin(spec, base)
+    _SPILL = spill_dir
+    _WORKER = SegmentWorker()
+    _WORKER.hold = _spill
+
+
+def _spill(table: pa.Table | None) -> LocalTable | None:
+    if table is None:
+        return None
+    os.makedirs(_SPILL, exist_ok=True)
+    path = os.path.join(_SPILL, f"{uuid.uuid4().hex}.arrow")
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return LocalTable(path, table.num_rows)
+
+
+def _call(method: str, args: tuple):
+    return getattr(_WORKER, method)(*args)
+
+
+def _split(fut: cf.Future, n: int) -> list[cf.Future]:
+    """One future per element of `fut`'s tuple result (Ray's num_returns)."""
+    parts = [cf.Future() for _ in range(n)]
+
+    def done(f: cf.Future) -> None:
+        e = f.exception()
+        for i, p in enumerate(parts):
+            if e is not None:
+                p.set_exception(e)
+            else:
+                p.set_result(f.result()[i])
+
+    fut.add_done_callback(done)
+    return parts
+
+
+def _resolved(arg):
+    if isinstance(arg, cf.Future):
+        return arg.result()
+    if isinstance(arg, list) and any(isinstance(a, cf.Future) for a in arg):
+        return [a.result() if isinstance(a, cf.Future) else a for a in arg]
+    return arg
+
+
+_PRELOADED: list[str] | None = None
+
+
+def _context(preload: list[str]):
+    """The fork server context. Its server starts once per driver process with `preload`
+    imported, and every worker is forked from it: a clean single-threaded parent (forking the
+    driver itself would copy whatever threads pyarrow, polars or a notebook started), and no
+    import per worker. Modules not preloaded (a later run's operators) import in the worker."""
+    global _PRELOADED
+    ctx = multiprocessing.get_context("forkserver")
+    if _PRELOADED is None:
+        ctx.set_forkserver_preload(preload)
+        _PRELOADED = preload
+    return ctx
+
+
+class LocalPool:
+    """`size` worker processes, each a ProcessPoolExecutor of one: its calls run in order."""
+
+    kind = "local"
+
+    def __init__(self, size: int, spill_dir: str, plugins: list[tuple[str, str]], preload: list[str]):
+        ctx = _context(preload)
+        self.spill_dir = spill_dir
+        self._execs = [cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_start_worker,
+                                              initargs=(spill_dir, plugins)) for _ in range(size)]
+
+    def __len__(self) -> int:
+        return len(self._execs)
+
+    def first(self, n: int) -> "LocalPool":
+        view = object.__new__(LocalPool)
+        view.spill_dir, view._execs = self.spill_dir, self._execs[:n]
+        return view
+
+    def call(self, w: int, method: str, *args, returns: int = 1):
+        # a future among the arguments (or in a list argument) is another call's result:
+        # resolved here (on Ray, the object store hands it over)
+        args = tuple(_resolved(a) for a in args)
+        try:
+            fut = self._execs[w].submit(_call, method, args)
+        except BrokenProcessPool as e:
+            raise RuntimeError(f"local worker {w} died (killed, or out of memory?)") from e
+        return fut if returns == 1 else _split(fut, returns)
+
+    @staticmethod
+    def get(handles):
+        try:
+            if isinstance(handles, list):
+                return [h.result() for h in handles]
+            return handles.result()
+        except BrokenProcessPool as e:
+            raise RuntimeError("a local worker died (killed, or out of memory?); the steps written so far are "
+                               "kept and a rerun resumes from them") from e
+
+    @staticmethod
+    def wait(handles: list, timeout: float) -> list:
+        done, _ = cf.wait(handles, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        return list(done)
+
+    def held(self, handle):
+        """What the driver keeps of a finished call's rows: the LocalTable (a file name)."""
+        return self.get(handle)
+
+    def clear_spill(self) -> None:
+        shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+    def release(self) -> None:
+        """Stop the workers at once (a unit in progress is abandoned, as ray.kill does)."""
+        procs = []
+        for ex in self._execs:
+            procs += list((getattr(ex, "_processes", None) or {}).values())
+            ex.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+        self._execs = []
+        self.clear_spill()
+
+
+class RayPool:
+    """SegmentWorker actors (Ray's object store holds what they keep)."""
+
+    kind = "ray"
+
+    def __init__(self, actors: list):
+        self.actors = actors
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def first(self, n: int) -> "RayPool":
+        return RayPool(self.actors[:n])
+
+    def call(self, w: int, method: str, *args, returns: int = 1):
+        m = getattr(self.actors[w], method)
+        return m.remote(*args) if returns == 1 else m.options(num_returns=returns).remote(*args)
+
+    @staticmethod
+    def get(handles):
+        import ray
+
+        return ray.get(handles)
+
+    @staticmethod
+    def wait(handles: list, timeout: float) -> list:
+        import ray
+
+        done, _ = ray.wait(handles, num_returns=1, timeout=timeout)
+        return done
+
+    @staticmethod
+    def held(handle):
+        """What the driver keeps of a finished call's rows: the object ref (the rows stay put)."""
+        return handle
+
+    def clear_spill(self) -> None:
+        pass
+
+    def release(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
