@@ -8,9 +8,11 @@ import sys
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from pydantic import ValidationError
 
+from operators._fasttext_lid import Unsupported, load_fast_predictor
 from operators.base import DROP_REASON, load_operators, mark_dropped
 from operators.language_id import LanguageId, default_model_path, load_fasttext
 
@@ -87,7 +89,8 @@ def test_label_parity_with_raw_model(labelled):
     same = np.array([a == b for a, b in zip(ours, theirs)])
     ours_score = np.array(out.column("language_score").to_pylist())[same]
     raw_score = np.array([float(p[0]) for _, p in raw])[same]
-    np.testing.assert_allclose(ours_score, raw_score, rtol=1e-6)
+    # the fast path (float64 sums) vs fastText's float32 arithmetic: measured max 1.8e-5
+    np.testing.assert_allclose(ours_score, raw_score, rtol=0, atol=1e-4)
     assert out.num_rows == len(texts) and out.column("id").to_pylist() == [str(i) for i in range(len(texts))]
 
 
@@ -275,3 +278,192 @@ def test_params_validated_and_registered():
 def test_empty_batch():
     out = LanguageId(top_k=2)(pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())}))
     assert out.num_rows == 0 and {"language", "language_score", "language_topk"} <= set(out.column_names)
+
+
+# -- the fast path (operators/_fasttext_lid.py) against fastText's own predict -------------------
+TRICKY = [
+    "",
+    " ",
+    "   \t  ",
+    "\t\x0b\x0c\r\x00",
+    "tab\tseparated\twords\rand\x0bvertical\x0cfeed\x00nul",
+    "\x00\x00leading nul and trailing\x00",
+    "le\u00a0chat\u00a0noir est sur le toit",  # NBSP does not split
+    "em\u2003space\u3000ideographic\u2009thin\u200bzero-width\u2028line-separator",
+    "__label__en",
+    "__label__de ein ganz normaler deutscher Satz __label__fr",
+    "prefix__label__en is a word, not a label",
+    "Dies ist ein deutscher Satz </s> and everything after the end-of-sentence token is ignored",
+    "</s>",
+    "a</s>b is one token",
+    "x" * 5000,
+    "supercalifragilisticexpialidocious" * 40 + " short words",
+    "東京都は来年度の予算案を発表した。人口減少への対策が中心となる。",
+    "北京市政府今天宣布了新的交通规划，以缓解城市拥堵问题。",
+    "서울시는 내년부터 대중교통 요금을 인상한다고 발표했다",
+    "😀😀😀 🚀🚀 👍🏽 ❤️",
+    "emoji mixed 😀 with English words 🚀 in between",
+    "the the the the the the the the the the the the",
+    "Ä ö ü ß é è ê ñ ç ø å æ",
+    "\u0301\u0301 lone combining marks \u0301",
+    "Правительство объявило о новых мерах поддержки малого бизнеса в регионах.",
+    "وقال المتحدث إن الحكومة ستعلن عن خطة جديدة الأسبوع المقبل",
+    "a",
+    "1234 5678 90",
+    "<b>html</b> <i>tags</i> & entities &amp; <>",
+] + SENTENCES
+
+
+@pytest.fixture(scope="module")
+def fast():
+    return load_fast_predictor(default_model_path(), load_fasttext(default_model_path()))
+
+
+def _assert_same_predictions(fast_model, raw_model, texts, k):
+    """Same number of labels and the same top-1; every label fastText returns has our probability
+    for it within 1e-4 (labels whose probabilities are within float rounding of each other may come
+    in another order; one missing from our top-k must tie our k-th), and so does every rank."""
+    idx, prob, count = fast_model.predict(pa.array(texts, pa.string()), k=k)
+    labels, probs = raw_model.predict(texts, k=k, threshold=0.0)
+    for i, (lab, pr) in enumerate(zip(labels, probs)):
+        assert count[i] == len(lab), texts[i][:60]  # k=-1: the same labels pass the threshold
+        if not len(lab):
+            continue
+        ours = dict(zip((fast_model.labels[j] for j in idx[i, : count[i]]), prob[i, : count[i]]))
+        assert fast_model.labels[idx[i, 0]] == lab[0], (texts[i][:60], list(ours)[:3], lab[:3])
+        np.testing.assert_allclose(prob[i, : len(lab)], np.asarray(pr, dtype=np.float64), rtol=0, atol=1e-4)
+        for x, q in zip(lab, pr):
+            assert abs(ours.get(x, prob[i, count[i] - 1]) - q) <= 1e-4, (texts[i][:60], x)
+
+
+def test_fast_path_is_the_default_for_lid176():
+    op = LanguageId()
+    op.setup()
+    assert op.fast_path is not None and op.fast_path_off is None
+
+
+@pytest.mark.parametrize("k", [1, 5, -1])
+def test_fast_path_equals_fasttext_on_tricky_texts(fast, raw_model, k):
+    _assert_same_predictions(fast, raw_model, TRICKY, k)
+
+
+def test_fast_path_hidden_vector_is_fasttexts(fast, raw_model):
+    """The tokenizer, hashing and averaging themselves: fastText's get_sentence_vector is the very
+    hidden vector its predict scores (getLine + mean of the input rows)."""
+    hidden, count = fast.hidden(pa.array(TRICKY, pa.string()))
+    for text, h, c in zip(TRICKY, hidden, count):
+        theirs = raw_model.get_sentence_vector(text)
+        np.testing.assert_allclose(h, theirs, rtol=0, atol=1e-5, err_msg=repr(text[:60]))
+    # a literal </s> ends the line; the document's own "\n" adds one more </s>: it does not here
+    assert count[TRICKY.index("</s>")] == count[TRICKY.index("")] == 1
+
+
+def test_fast_path_cache_across_batches():
+    """Tokens seen by an earlier batch come from the cache: every batch gives what a fresh predictor
+    gives, also when the cache is full and starts over (and for a batch larger than the whole cache)."""
+    fresh = load_fast_predictor(default_model_path())
+    warm = load_fast_predictor(default_model_path())
+    warm._cache_cap = 60  # tiny: the cache starts over several times
+    warm._cache_clear()
+    texts = pa.array(TRICKY, pa.string())
+    restarts, last_n = 0, 0
+    for start in [0, 3, 6, 9, 0, 12, 15, 18, 21, 24, 27, 30, 0, 3]:
+        batch = texts.slice(start, 6)
+        want, got = fresh.predict(batch, k=3), warm.predict(batch, k=3)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[2], want[2])
+        np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-12)
+        restarts += warm._cache_n < last_n
+        last_n = warm._cache_n
+        assert 0 < warm._cache_n <= 60
+    assert restarts >= 2
+    np.testing.assert_allclose(warm.predict(texts)[1], fresh.predict(texts)[1], rtol=0, atol=1e-12)
+
+
+def test_fast_path_cache_hash_collisions_are_caught(monkeypatch):
+    """A cache hit is confirmed on the token's text: with a hash that collides all the time (by
+    token length), every batch still gives a fresh predictor's result."""
+    fresh = load_fast_predictor(default_model_path())
+    warm = load_fast_predictor(default_model_path())
+    monkeypatch.setattr(warm, "_keys", lambda tokens: pc.binary_length(tokens).to_numpy().astype(np.uint64))
+    texts = pa.array(TRICKY, pa.string())
+    for start in [0, 5, 10, 0, 20, 5]:
+        batch = texts.slice(start, 10)
+        np.testing.assert_allclose(warm.predict(batch, k=3)[1], fresh.predict(batch, k=3)[1], rtol=0, atol=1e-12)
+
+
+def test_operator_with_fast_path_equals_raw_predict_on_tricky_texts(raw_model):
+    texts = TRICKY + [None]
+    out = LanguageId(label_only=True, top_k=2)(_table(texts))
+    lang, score = out.column("language").to_pylist(), out.column("language_score").to_pylist()
+    for t, la, sc in zip(TRICKY, lang, score):
+        labels, probs = raw_model.predict(t.replace("\n", " "))
+        assert la == labels[0].removeprefix("__label__")
+        assert sc == pytest.approx(float(probs[0]), abs=1e-4)
+    assert lang[-1] is None and score[-1] is None and out.column("language_topk")[-1].as_py() is None
+
+
+@needs_data
+def test_fast_path_equals_fasttext_on_real_docs(fast, raw_model):
+    """A few hundred real multilingual documents (OSCAR: 166 languages; UDHR: long texts)."""
+    texts = [d["text"] for d in _jsonl(DATA / "oscar" / "oscar_sample.jsonl.gz")[::2]]
+    texts += [d["text"] for d in _jsonl(DATA / "oscar" / "udhr.jsonl.gz")[::8]]
+    texts = [t.replace("\n", " ") for t in texts]
+    assert len(texts) >= 400
+    _assert_same_predictions(fast, raw_model, texts, k=1)
+    _assert_same_predictions(fast, raw_model, texts, k=-1)
+
+
+@pytest.fixture(scope="module")
+def small_models(tmp_path_factory):
+    """Two tiny fastText models: softmax with 1..3-char n-grams (the fast path reproduces it) and
+    wordNgrams=2 (it does not)."""
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+    from tools.train_quality_classifier import fit_fasttext  # a fresh process: see its docstring
+
+    tmp = tmp_path_factory.mktemp("lid_models")
+    lines = []
+    for _ in range(20):
+        lines += [f"__label__en {SENTENCES[0]}", f"__label__de {SENTENCES[1]}", f"__label__fr {SENTENCES[2]}"]
+    train = tmp / "train.txt"
+    train.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    common = dict(epoch=10, lr=0.5, dim=8, thread=1, bucket=5000)
+    softmax, bigram = tmp / "softmax.bin", tmp / "bigram.bin"
+    fit_fasttext(str(train), str(softmax), minn=1, maxn=3, wordNgrams=1, **common)
+    fit_fasttext(str(train), str(bigram), minn=2, maxn=3, wordNgrams=2, **common)
+    return {"softmax": str(softmax), "bigram": str(bigram)}
+
+
+def test_fast_path_softmax_model(small_models):
+    raw = load_fasttext(small_models["softmax"])
+    op = LanguageId(model_path=small_models["softmax"], top_k=3, label_only=True)
+    op.setup()
+    assert op.fast_path is not None and op.fast_path.loss == "softmax"
+    _assert_same_predictions(op.fast_path, raw, TRICKY, k=3)
+    hidden, _ = op.fast_path.hidden(pa.array(TRICKY, pa.string()))  # minn=1: single code points too
+    for text, h in zip(TRICKY, hidden):
+        np.testing.assert_allclose(np.nan_to_num(h), raw.get_sentence_vector(text), rtol=0, atol=1e-5)
+
+
+def test_unsupported_model_falls_back_to_fasttext(small_models, tmp_path):
+    raw = load_fasttext(small_models["bigram"])
+    with pytest.raises(Unsupported, match="wordNgrams"):
+        load_fast_predictor(small_models["bigram"])
+    op = LanguageId(model_path=small_models["bigram"], top_k=2, label_only=True)
+    op.setup()
+    assert op.fast_path is None and "wordNgrams" in op.fast_path_off
+    out = op(_table(SENTENCES[:3]))
+    for t, la, row in zip(SENTENCES, out.column("language").to_pylist(), out.column("language_topk").to_pylist()):
+        labels, probs = raw.predict(t, k=2)
+        assert la == labels[0].removeprefix("__label__")
+        assert [r["language"] for r in row] == [x.removeprefix("__label__") for x in labels]
+        assert [r["score"] for r in row] == pytest.approx([float(x) for x in probs], rel=1e-6)
+    # files the reader does not understand are refused the same way
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"\0" * 64)
+    with pytest.raises(Unsupported):
+        load_fast_predictor(str(bad))
+    cut = tmp_path / "cut.ftz"
+    cut.write_bytes(pathlib.Path(default_model_path()).read_bytes()[:100_000])
+    with pytest.raises(Unsupported):
+        load_fast_predictor(str(cut))
