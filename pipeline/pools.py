@@ -21,6 +21,8 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import shutil
+import sys
+import types
 import uuid
 from concurrent.futures.process import BrokenProcessPool
 
@@ -93,6 +95,10 @@ def _spill(table: pa.Table | None) -> LocalTable | None:
     return LocalTable(path, table.num_rows)
 
 
+def _ready() -> bool:
+    return True
+
+
 def _call(method: str, args: tuple):
     return getattr(_WORKER, method)(*args)
 
@@ -145,8 +151,21 @@ class LocalPool:
     def __init__(self, size: int, spill_dir: str, plugins: list[tuple[str, str]], preload: list[str]):
         ctx = _context(preload)
         self.spill_dir = spill_dir
+        self.clear_spill()  # what a killed run left there
         self._execs = [cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_start_worker,
                                               initargs=(spill_dir, plugins)) for _ in range(size)]
+        # Start every worker now (each starts on its first call). multiprocessing would run the
+        # driver's main script again in each worker (it prepares a spawned child so): a user's
+        # script calling pipeline.run without an `if __name__ == "__main__":` guard would run
+        # itself in every worker. The workers need nothing from it, so they are started with a
+        # bare __main__ in its place.
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            for ex in self._execs:
+                ex.submit(_ready)
+        finally:
+            sys.modules["__main__"] = main
 
     def __len__(self) -> int:
         return len(self._execs)

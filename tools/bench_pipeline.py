@@ -7,6 +7,7 @@ fresh process (start-up included), on the same files and cores, ratios from one 
     python tools/bench_pipeline.py front --repeat 4      # WARC->extract->LID->4 filters vs datatrove
     python tools/bench_pipeline.py workers --repeat 4    # the front with --workers 1 vs 2
     python tools/bench_pipeline.py filters --warm-ray     # also: joining a Ray head started beforehand
+    python tools/bench_pipeline.py front --ray            # also: the same run with --executor ray
     python tools/bench_pipeline.py wordsetup --langs en,fr  # word splitter set-up per language, CPU s
     python tools/bench_pipeline.py all
 
@@ -78,13 +79,15 @@ def recipe(tmp: pathlib.Path, name: str, fmt: str, paths: str, steps: list[str],
 
 
 def gristmill(recipe_path: str, out: pathlib.Path, workers: int | None = None,
-              address: str | None = None) -> tuple[float, dict]:
+              address: str | None = None, executor: str | None = None) -> tuple[float, dict]:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [str(ROOT / ".venv" / "bin" / "gristmill"), "run", recipe_path, "--output", str(out), "--no-resume"]
     if workers:
         cmd += ["--workers", str(workers)]
     if address:
         cmd += ["--address", address]
+    if executor:
+        cmd += ["--executor", executor]
     wall = timed(cmd)
     return wall, json.loads((out / "stats.json").read_text())
 
@@ -205,10 +208,11 @@ def bench_filters(tmp: pathlib.Path, a) -> dict:
     r = recipe(tmp, "filters", "parquet", f"{src}/part-*.parquet", ["lang:language_id"] + FILTERS)
     before = load()
     ours, stats = gristmill(r, tmp / "out-filters")
+    on_ray = ray_runs(a, lambda: gristmill(r, tmp / "out-filters-ray", executor="ray")[0])
     warm = warm_runs(a, lambda address: gristmill(r, tmp / "out-filters-warm", address=address)[0])
     theirs = datatrove("filters", src, tmp, a.tasks)
     res = report("filters", ours, theirs, stats["steps"][0]["docs_in"], ">= 10x", before)
-    return report_warm(res, warm, theirs)
+    return report_warm(res, warm, theirs, on_ray)
 
 
 def warm_runs(a, fn):
@@ -219,7 +223,16 @@ def warm_runs(a, fn):
         return fn(address)
 
 
-def report_warm(res: dict, warm: float | None, peer_wall: float) -> dict:
+def ray_runs(a, fn):
+    """fn() for the same recipe with `--executor ray` (a Ray of its own), when --ray; else None."""
+    return fn() if a.ray else None
+
+
+def report_warm(res: dict, warm: float | None, peer_wall: float, on_ray: float | None = None) -> dict:
+    if on_ray is not None:
+        print(f"{'':<12} gristmill --executor ray (its own local Ray): {on_ray:7.1f} s   ratio "
+              f"{peer_wall / on_ray:5.2f}x", flush=True)
+        res = {**res, "gristmill_ray_s": round(on_ray, 2), "ratio_ray": round(peer_wall / on_ray, 3)}
     if warm is None:
         return res
     print(f"{'':<12} gristmill joining a warm local Ray (--address): {warm:7.1f} s   ratio {peer_wall / warm:5.2f}x",
@@ -233,9 +246,11 @@ def bench_front(tmp: pathlib.Path, a) -> dict:
                batch_rows=256)
     before = load()
     ours, stats = gristmill(r, tmp / "out-front")
+    on_ray = ray_runs(a, lambda: gristmill(r, tmp / "out-front-ray", executor="ray")[0])
     warm = warm_runs(a, lambda address: gristmill(r, tmp / "out-front-warm", address=address)[0])
     theirs = datatrove("front", src, tmp, a.tasks)
-    res = report_warm(report("front", ours, theirs, stats["steps"][0]["docs_in"], ">= 10x", before), warm, theirs)
+    res = report_warm(report("front", ours, theirs, stats["steps"][0]["docs_in"], ">= 10x", before), warm, theirs,
+                      on_ray)
     busy = sum(s.get("busy_s", 0) for s in stats["steps"])
     seg = max(s.get("segment_wall_s", 0) for s in stats["steps"])
     print(f"             steps busy {busy:.1f} s over a {seg:.1f} s segment: {busy / max(seg, 1e-9):.2f} cores busy")
@@ -314,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm-ray", action="store_true",
                     help="filters, front, workers: also time gristmill joining a local Ray head started "
                          "beforehand (`ray start --head`, not timed), as when iterating from the shell")
+    ap.add_argument("--ray", action="store_true",
+                    help="filters, front: also time the same run with --executor ray (a Ray of its own; the "
+                         "default auto runs a small local run on worker processes without Ray)")
     ap.add_argument("--tmp", default="/tmp/gristmill-bench")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args(argv)
