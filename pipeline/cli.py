@@ -272,6 +272,10 @@ def entry() -> None:
         from pipeline.runtime import shutdown_ray
 
         shutdown_ray()
+    if "pipeline.pools" in sys.modules:  # a local pool ran: what os._exit would leave behind
+        from pipeline.pools import shutdown_local
+
+        shutdown_local()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(rc)

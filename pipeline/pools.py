@@ -225,6 +225,15 @@ class LocalPool:
         self.clear_spill()
 
 
+def shutdown_local() -> None:
+    """multiprocessing's exit-time clean-up, for a process that ends with os._exit (the CLI):
+    its finalizers remove the fork server's socket folder (/tmp/pymp-*), which would otherwise
+    be left behind by every run; the fork server itself exits when this process does."""
+    from multiprocessing import util
+
+    util._run_finalizers()
+
+
 class RayPool:
     """SegmentWorker actors (Ray's object store holds what they keep)."""
 
