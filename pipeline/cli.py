@@ -47,10 +47,20 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     from pipeline.lock import output_lock
 
+    if _may_run_locally(args):
+        from pipeline.pools import start_server
+
+        start_server()  # its imports overlap with loading the recipe (pipeline.pools)
     loaded = _load(args)
     out = args.output or loaded.recipe.output
     with output_lock(out):  # one run per output dir, taken before anything is written there
         return _run_locked(args, loaded, out)
+
+
+def _may_run_locally(args) -> bool:
+    """Whether this run may use the local worker processes (the executor decides for sure)."""
+    want = args.executor or os.environ.get("GRISTMILL_EXECUTOR") or "auto"
+    return want != "ray" and not args.address and not os.environ.get("RAY_ADDRESS")
 
 
 def _run_locked(args, loaded, out) -> int:
@@ -66,12 +76,13 @@ def _run_locked(args, loaded, out) -> int:
         terminal = TerminalOutput(os.path.join(out, "gristmill.log"))
     term_out, term_err = (terminal.out, terminal.err) if terminal else (sys.stdout, sys.stderr)
     if terminal and not args.quiet:
-        print(f"[gristmill] log: {terminal.log_path} (Ray's messages; --verbose shows them here)",
+        print(f"[gristmill] log: {terminal.log_path} (Ray's and the workers' own messages; --verbose shows them here)",
               file=term_err, flush=True)
     try:
         stats = run_recipe(loaded, RunOptions(output=out, address=args.address, max_workers=args.workers,
                                               resume=not args.no_resume, quiet=args.quiet, term=term_err,
-                                              executor=args.executor))
+                                              executor=args.executor,
+                                              log_path=terminal.log_path if terminal else None))
     except BaseException as e:  # noqa: BLE001 - the traceback is in the log; the terminal gets the gist
         stop = _interruption(e)
         if stop is not None:

@@ -247,6 +247,7 @@ class RunOptions:
     progress_every: float = 10.0  # seconds between plain progress lines when not on a terminal
     term: object = None  # where our own lines and the live display go (None: sys.stderr)
     executor: str | None = None  # auto | ray | local (None: GRISTMILL_EXECUTOR, else auto)
+    log_path: str | None = None  # the CLI's log file: local workers write their own output there
 
 
 class Executor:
@@ -437,10 +438,9 @@ class Executor:
 
     def _new_pool(self, size: int, num_cpus: float, num_gpus: float):
         if self.local:
-            ops = sorted({c.__module__ for c in self.loaded.operators.values()})
             base = os.path.dirname(os.path.abspath(self.loaded.path))
             return LocalPool(size, self._spill_dir(), [(p, base) for p in self.loaded.recipe.plugins],
-                             preload=["pipeline.executor", *[m for m in ops if m.startswith("operators.")]])
+                             log_path=self.opt.log_path)
         import ray
 
         # max_restarts=0: a failed operator fails the run with its own error (no silent retry)

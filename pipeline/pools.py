@@ -71,15 +71,23 @@ _WORKER = None  # this process's SegmentWorker
 _SPILL: str | None = None
 
 
-def _start_worker(spill_dir: str, plugins: list[tuple[str, str]]) -> None:
-    """Initializer of a local worker: the recipe's plugins (so that their operator classes
-    unpickle here by name), then one SegmentWorker whose kept rows go to spill files."""
+def _start_worker(spill_dir: str, plugins: list[tuple[str, str]], log_path: str | None) -> None:
+    """Initializer of a local worker: its output to the run's log file (the CLI's: the server
+    may have started before the terminal was redirected), the recipe's plugins (so that their
+    operator classes unpickle here by name), then one SegmentWorker whose kept rows go to spill
+    files."""
     global _WORKER, _SPILL
+    if log_path:
+        log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
     from operators.base import load_plugin
     from pipeline.executor import SegmentWorker
 
     for spec, base in plugins:
         load_plugin(spec, base)
+    pa.set_cpu_count(1)  # one CPU per worker (see start_server)
     _SPILL = spill_dir
     _WORKER = SegmentWorker()
     _WORKER.hold = _spill
@@ -127,20 +135,49 @@ def _resolved(arg):
     return arg
 
 
-_PRELOADED: list[str] | None = None
+_SERVER_STARTED = False
 
 
-def _context(preload: list[str]):
-    """The fork server context. Its server starts once per driver process with `preload`
-    imported, and every worker is forked from it: a clean single-threaded parent (forking the
-    driver itself would copy whatever threads pyarrow, polars or a notebook started), and no
-    import per worker. Modules not preloaded (a later run's operators) import in the worker."""
-    global _PRELOADED
+def start_server(preload: list[str] | None = None) -> None:
+    """Start the fork server the local workers are forked from, once per driver process. It
+    returns at once: the server imports `preload` (default: the engine and every built-in
+    operator module, ~0.55 s on 2 cores) in the background, so `gristmill run` starts it before
+    loading the recipe and the two overlap. Forking from this clean, single-threaded server
+    rather than from the driver itself: the driver may hold threads (pyarrow's, polars', a
+    notebook's) that a fork would copy in a broken state. Modules not preloaded (a plugin's)
+    import in each worker."""
+    global _SERVER_STARTED
+    if _SERVER_STARTED:
+        return
     ctx = multiprocessing.get_context("forkserver")
-    if _PRELOADED is None:
-        ctx.set_forkserver_preload(preload)
-        _PRELOADED = preload
-    return ctx
+    ctx.set_forkserver_preload(preload or default_preload())
+    # one thread per worker: a worker is one CPU of the pool (as a Ray actor with num_cpus=1),
+    # and polars' or OpenBLAS's own thread pools in each of them only fight over the same
+    # cores (gopher_repetition: ~25% less CPU with polars on one thread; an idle OpenBLAS
+    # thread spins). These are read when the libraries are imported, in the server's preload.
+    saved = dict(os.environ)
+    for var in _THREAD_VARS:
+        os.environ.setdefault(var, "1")
+    try:
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    _SERVER_STARTED = True
+
+
+def default_preload() -> list[str]:
+    import pkgutil
+
+    import operators
+
+    return ["pipeline.executor"] + [f"operators.{m.name}" for m in pkgutil.iter_modules(operators.__path__)
+                                    if not m.name.startswith("_") and m.name != "base"]
+
+
+_THREAD_VARS = ("POLARS_MAX_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 class LocalPool:
@@ -148,12 +185,13 @@ class LocalPool:
 
     kind = "local"
 
-    def __init__(self, size: int, spill_dir: str, plugins: list[tuple[str, str]], preload: list[str]):
-        ctx = _context(preload)
+    def __init__(self, size: int, spill_dir: str, plugins: list[tuple[str, str]], log_path: str | None = None):
+        start_server()
+        ctx = multiprocessing.get_context("forkserver")
         self.spill_dir = spill_dir
         self.clear_spill()  # what a killed run left there
         self._execs = [cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_start_worker,
-                                              initargs=(spill_dir, plugins)) for _ in range(size)]
+                                              initargs=(spill_dir, plugins, log_path)) for _ in range(size)]
         # Start every worker now (each starts on its first call). multiprocessing would run the
         # driver's main script again in each worker (it prepares a spawned child so): a user's
         # script calling pipeline.run without an `if __name__ == "__main__":` guard would run
