@@ -223,19 +223,47 @@ def test_crashed_run_resumes_to_identical_output(ray_session, tmp_path, corpus):
     assert [s["docs_out"] for s in resumed["steps"]] == [s["docs_out"] for s in clean["steps"]]
 
 
-def test_sigterm_stops_the_run_cleanly_and_a_rerun_resumes(ray_session, tmp_path, corpus):
+SLOW_OPS = """
+import time
+
+from operators.base import Operator, Params, register
+
+
+class SlowParams(Params):
+    seconds: float = 0.05
+
+
+@register
+class SlowPass(Operator):
+    \"\"\"Keeps every row, slowly: a run that is still going when the test signals it.\"\"\"
+
+    name = "slow_pass"
+    kind = "map"
+    Params = SlowParams
+
+    def process(self, batch):
+        time.sleep(self.params.seconds)
+        return batch
+"""
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_sigterm_stops_the_run_cleanly_and_a_rerun_resumes(ray_session, tmp_path, corpus, executor):
     """`kill` (SIGTERM) of `gristmill run`: exit 143 with one line saying so (no traceback),
-    none of the processes it started left behind (its local workers here), and the same command
-    resumes."""
+    none of the processes it started left behind (local workers and their fork server, or Ray's
+    processes), and the same command resumes to the bytes of a clean run."""
     import psutil
 
-    p = recipe(tmp_path, corpus, LINEAR, name="term")
+    (tmp_path / "slow_ops.py").write_text(SLOW_OPS)
+    p = recipe(tmp_path, corpus, LINEAR.replace("- {id: dedup", "- {id: slow, op: slow_pass}\n- {id: dedup"),
+               name="term", batch_rows=20)
+    Path(p).write_text("plugins: [slow_ops.py]\n" + Path(p).read_text())
     out = tmp_path / "out-term"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRISTMILL_EXECUTOR": executor}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", p], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
-    while not (out / "_ledger" / "length").is_dir() and proc.poll() is None and time.time() < deadline:
+    while not (out / "_ledger" / "slow").is_dir() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     started = psutil.Process(proc.pid).children(recursive=True)
     assert started, "the run started no worker processes"
@@ -243,6 +271,7 @@ def test_sigterm_stops_the_run_cleanly_and_a_rerun_resumes(ray_session, tmp_path
     err = proc.communicate(timeout=120)[1].decode()
     assert proc.returncode == 143, err[-2000:]
     assert "stopped by SIGTERM" in err and "Traceback" not in err
+    assert not (out / "dedup" / "_COMPLETE.json").exists()  # it was stopped mid-run
     _, alive = psutil.wait_procs(started, timeout=30)
     assert not [a for a in alive if a.status() != psutil.STATUS_ZOMBIE], alive
     resumed = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", p, "--quiet"], cwd=ROOT, env=env,
