@@ -50,7 +50,7 @@ def cmd_run(args) -> int:
     if _may_run_locally(args):
         from pipeline.pools import start_server
 
-        start_server()  # its imports overlap with loading the recipe (pipeline.pools)
+        start_server(quiet=not args.verbose)  # its imports overlap with loading the recipe (pipeline.pools)
     loaded = _load(args)
     out = args.output or loaded.recipe.output
     with output_lock(out):  # one run per output dir, taken before anything is written there

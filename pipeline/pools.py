@@ -139,14 +139,19 @@ def _resolved(arg):
 _SERVER_STARTED = False
 
 
-def start_server(preload: list[str] | None = None) -> None:
+def start_server(preload: list[str] | None = None, quiet: bool = False) -> None:
     """Start the fork server the local workers are forked from, once per driver process. It
     returns at once: the server imports `preload` (default: the engine and every built-in
     operator module, ~0.55 s on 2 cores) in the background, so `gristmill run` starts it before
     loading the recipe and the two overlap. Forking from this clean, single-threaded server
     rather than from the driver itself: the driver may hold threads (pyarrow's, polars', a
     notebook's) that a fork would copy in a broken state. Modules not preloaded (a plugin's)
-    import in each worker."""
+    import in each worker.
+
+    ``quiet``: the server and multiprocessing's resource tracker (started with it) get
+    /dev/null as stderr: `gristmill run` starts them before its terminal is redirected to the
+    run's log, and all they would print there is the tracker's notes on semaphores of workers
+    stopped at the end; the workers themselves write to the log (LocalPool's log_path)."""
     global _SERVER_STARTED
     if _SERVER_STARTED:
         return
@@ -159,6 +164,11 @@ def start_server(preload: list[str] | None = None) -> None:
     saved = dict(os.environ)
     for var in _THREAD_VARS:
         os.environ.setdefault(var, "1")
+    err = os.dup(2) if quiet else None
+    if quiet:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
     try:
         from multiprocessing import forkserver
 
@@ -166,6 +176,9 @@ def start_server(preload: list[str] | None = None) -> None:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+        if err is not None:
+            os.dup2(err, 2)
+            os.close(err)
     _SERVER_STARTED = True
 
 

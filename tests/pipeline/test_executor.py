@@ -389,3 +389,17 @@ def test_python_entry_point_one_file_split_over_workers_reuses_ray(ray_session, 
     assert proc.stderr.startswith(f"[gristmill] log: {tmp_path / 'nb-w2' / 'gristmill.log'}")
     assert "nothing to run" in proc.stdout and "docs read" not in proc.stdout
     assert "ray" not in (tmp_path / "nb-w2" / "gristmill.log").read_text().lower()  # Ray never started
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_the_terminal_shows_only_our_lines(tmp_path, corpus, executor):
+    """`gristmill run` prints only its own lines, on either executor: Ray's, the workers' and
+    multiprocessing's messages go to the run's log file, which the first line names."""
+    p = recipe(tmp_path, corpus, LINEAR, name="term")
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", p, "--executor", executor], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert lines and all(line.startswith("[gristmill]") for line in lines), lines
+    assert proc.stderr.startswith(f"[gristmill] log: {tmp_path / 'out-term' / 'gristmill.log'}")
+    assert any("done in" in line for line in lines)
