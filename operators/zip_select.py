@@ -369,8 +369,9 @@ def _mark_joined(batch: pa.Table) -> pa.Table:
     return _mark(batch.drop_columns(["zip_rank", "zip_ratio"]), chosen)
 
 
-_EMPTY_CHOSEN = pa.table({"id": pa.array([], pa.string()), "zip_rank": pa.array([], pa.int64()),
-                          "zip_ratio": pa.array([], pa.float64())})
+# from a schema: pa.array() over a Python list imports pandas (~0.2 s), and this module is
+# imported by every process that loads the operator registry
+_EMPTY_CHOSEN = pa.schema([("id", pa.string()), ("zip_rank", pa.int64()), ("zip_ratio", pa.float64())]).empty_table()
 
 
 @register

@@ -1,4 +1,6 @@
-"""Runs a validated recipe on Ray. The only module that knows about Ray scheduling.
+"""Runs a validated recipe, on Ray or, for a small local run, on plain worker processes
+(pipeline.pools; `Executor.choose_backend` says which). With pipeline.pools, the only module
+that knows about Ray scheduling.
 
 A segment is what runs to write one materialized step (a global step, a sink or a fan-out
 point): its non-materialized ancestors. When a segment's map/filter steps form a chain from one
@@ -10,7 +12,10 @@ and ledger record right there; the kept rows stay in the object store until the 
 write them as deterministic shards (pipeline.shards). The pool lives for the whole run (each
 segment reconfigures it). A global step then runs on those rows: up to `in_memory_bytes()` of
 them in one table on a pool worker (`Operator.run_table`), else as a `ray.data.Dataset` through
-its distributed plan (the pool is released for it). Other shapes (a union of several inputs)
+its distributed plan (the pool is released for it; a local run switches to Ray there). The pool
+is Ray actors, or, when nothing of the run needs Ray, worker processes of pipeline.pools.LocalPool
+running the same SegmentWorker code (their kept rows in spill files instead of the object
+store), the same bytes out. Other shapes (a union of several inputs)
 run as one Ray Data `map_batches` stage per step. Written steps get a `_COMPLETE.json` marker holding the hash of
 the step's recipe slice and its inputs: a rerun skips complete steps and a crashed run resumes
 from the last one written.
@@ -261,6 +266,7 @@ class Executor:
         self._pool = None  # SegmentWorkers (pipeline.pools), kept from segment to segment
         self._pool_resources: tuple = ()
         self.local = False  # True: this run starts no Ray (see choose_backend)
+        self.executors: set[str] = set()  # what ran its segments: {"local"}, {"ray"} or both
         self.unique_ids: dict | None = None  # its summary, for stats.json
 
     @property
@@ -438,6 +444,7 @@ class Executor:
 
     def _new_pool(self, size: int, num_cpus: float, num_gpus: float):
         if self.local:
+            self.executors.add("local")
             base = os.path.dirname(os.path.abspath(self.loaded.path))
             return LocalPool(size, self._spill_dir(), [(p, base) for p in self.loaded.recipe.plugins],
                              log_path=self.opt.log_path)
@@ -604,9 +611,11 @@ class Executor:
         targets = [t for t in order if t in self.mats]
         hashes = {t: self.loaded.step_hash(t) for t in targets}
         todo = [t for t in targets if not (self.opt.resume and self._complete(t) == hashes[t])]
-        self.say(f"[gristmill] {self.loaded.recipe.name}: {len(self.files)} input file(s), {len(order)} steps "
-                 f"-> {self.opt.output}")
         self.local = bool(todo) and self.choose_backend(todo) == "local"
+        on = ("" if not todo else " (local worker processes, no Ray)" if self.local else
+              f" (Ray: {self.opt.address or os.environ.get('RAY_ADDRESS') or 'local'})")
+        self.say(f"[gristmill] {self.loaded.recipe.name}: {len(self.files)} input file(s), {len(order)} steps "
+                 f"-> {self.opt.output}{on}")
         if todo and not self.local:  # a rerun with every output complete does not even start Ray
             self._start_ray()
         status: dict[str, str] = {}
@@ -653,8 +662,12 @@ class Executor:
         return self._write_stats(status, time.perf_counter() - t_run)
 
     def _start_ray(self) -> None:
+        if self.local:
+            self.say("[gristmill] switching to Ray for the rest of the run (a global step's input is larger "
+                     f"than GRISTMILL_IN_MEMORY_MB={in_memory_bytes() / 2**20:g}, or a segment needs Ray Data)")
         self._release_pool()
         self.local = False
+        self.executors.add("ray")
         init_ray(self.opt.address, num_cpus=None, quiet=self.opt.quiet, progress=False)
 
     def choose_backend(self, todo: list[str]) -> str:
@@ -667,7 +680,7 @@ class Executor:
         than in_memory_bytes() switches the run to Ray there (its distributed plan)."""
         want = (self.opt.executor or os.environ.get("GRISTMILL_EXECUTOR") or "auto").lower()
         if want not in ("auto", "ray", "local"):
-            raise ValueError(f"GRISTMILL_EXECUTOR={want!r}: expected auto, ray or local")
+            raise ValueError(f"executor {want!r} (--executor / GRISTMILL_EXECUTOR): expected auto, ray or local")
         if want != "auto":
             if want == "local" and (self.opt.address or os.environ.get("RAY_ADDRESS")):
                 raise ValueError("executor local runs without Ray: it cannot join the cluster named by "
@@ -715,7 +728,8 @@ class Executor:
         problems = check_invariants(steps, inputs)
         stats = {"recipe": self.loaded.recipe.name, "recipe_path": self.loaded.path, "output": self.opt.output,
                  "wall_s": round(wall, 3), "steps": steps, "invariant_ok": not problems, "problems": problems,
-                 "outputs": sorted(self.mats), "ran": [s for s, v in status.items() if v == "ran"]}
+                 "outputs": sorted(self.mats), "ran": [s for s, v in status.items() if v == "ran"],
+                 "executor": "+".join(sorted(self.executors)) or None}
         if self.unique_ids is not None:
             stats["unique_ids"] = self.unique_ids
         self.store.write_json("stats.json", stats)
