@@ -364,9 +364,10 @@ def test_python_entry_point_one_file_split_over_workers_reuses_ray(ray_session, 
             "steps": [{"id": "length", "op": "length_filter", "params": {"min_chars": 40}},
                       {"id": "pick", "op": "sample", "params": {"fraction": 0.8, "seed": 1}}]}
     node = ray_session.get_runtime_context().get_node_id()
-    two = pipeline.run(spec, workers=2, quiet=True)
-    one = pipeline.run(spec, output=str(tmp_path / "nb-w1"), workers=1, quiet=True)
+    two = pipeline.run(spec, workers=2, quiet=True, executor="ray")
+    one = pipeline.run(spec, output=str(tmp_path / "nb-w1"), workers=1, quiet=True, executor="ray")
     assert ray_session.get_runtime_context().get_node_id() == node  # the same Ray, not a new one
+    assert two["executor"] == one["executor"] == "ray"
     assert digest(tmp_path / "nb-w2", "pick") == digest(tmp_path / "nb-w1", "pick")
     assert two.step("read")["docs_in"] == 200 and two["invariant_ok"]
     assert two.table("pick").num_rows == two.step("pick")["docs_out"] > 0
@@ -378,6 +379,9 @@ def test_python_entry_point_one_file_split_over_workers_reuses_ray(ray_session, 
         assert 0 <= s["busy_s"] and 0 < s["wall_s"] <= s["segment_wall_s"] + 1e-3
     again = pipeline.run(spec, workers=2, quiet=True)
     assert again["ran"] == [] and {s["status"] for s in again["steps"]} == {"skipped"}
+    assert again["executor"] is None  # nothing ran
+    local = pipeline.run(spec, output=str(tmp_path / "nb-local"), workers=2, quiet=True)  # auto: no Ray needed
+    assert local["executor"] == "local" and digest(tmp_path / "nb-local", "pick") == digest(tmp_path / "nb-w1", "pick")
     # the CLI says so, reads nothing and starts no Ray; the first line names the log file
     import yaml
 
