@@ -26,8 +26,10 @@ import sys
 import types
 import uuid
 from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
+if TYPE_CHECKING:
+    import pyarrow as pa  # imported where used: `gristmill run` starts the fork server before it
 
 
 def local_cpus() -> int:
@@ -53,6 +55,8 @@ class LocalTable:
         self.path, self.rows = state
 
     def read(self) -> pa.Table:
+        import pyarrow as pa
+
         with pa.memory_map(self.path) as source:
             return pa.ipc.open_file(source).read_all()
 
@@ -88,6 +92,8 @@ def _start_worker(spill_dir: str, plugins: list[tuple[str, str]], log_path: str 
 
     for spec, base in plugins:
         load_plugin(spec, base)
+    import pyarrow as pa
+
     pa.set_cpu_count(1)  # one CPU per worker (see start_server)
     _SPILL = spill_dir
     _WORKER = SegmentWorker()
@@ -95,6 +101,8 @@ def _start_worker(spill_dir: str, plugins: list[tuple[str, str]], log_path: str 
 
 
 def _spill(table: pa.Table | None) -> LocalTable | None:
+    import pyarrow as pa
+
     if table is None:
         return None
     os.makedirs(_SPILL, exist_ok=True)
