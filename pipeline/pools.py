@@ -1,7 +1,7 @@
 """The worker pools a fused segment runs on: Ray actors, or, for a small local run, plain
 worker processes that start no Ray at all.
 
-Both give the executor the same few calls (`call`, `get`, `wait`, `release`): a worker runs its
+Both give the executor the same few calls (`call`, `get`, `wait`, `held`, `release`): a worker runs its
 calls one after another, in the order they were made, and keeps its state between them (the
 configured chain of operators, their models), as a Ray actor does.
 
@@ -9,8 +9,9 @@ Why a pool without Ray: on 2 cores a local `ray.init` costs ~3-4 s (GCS, raylet 
 helper processes that import for ~1 s CPU each), its actors ~0.7 s more to start and import,
 and its shutdown ~0.5 s: more than the work itself for the thousands of documents people iterate
 on in a notebook. `LocalPool` forks its workers from a `multiprocessing` fork server that has
-already imported the engine and the recipe's operators (~0.5 s, once per driver process), so the
-first unit starts a moment after the run does. What a worker keeps (the kept rows of its units)
+already imported the engine and every built-in operator module (~0.9 s, once per driver process,
+started by `gristmill run` before it loads the recipe), so the first unit starts a moment after
+the run does. What a worker keeps (the kept rows of its units)
 it writes as an Arrow IPC file in the run's spill folder and hands back a `LocalTable` naming it;
 whichever worker writes a shard memory-maps those files, so rows never pass through the driver,
 as with Ray's object store. The spill folder is removed when the segment is written.
