@@ -241,7 +241,7 @@ def _task(fn, n_returns: int = 1):
 
 
 def check_unique_ids(spec, files: list[str], keys: list[str], store, input_hash: str,
-                     resume: bool = True, cpus: float = 1, workers: list | None = None) -> tuple[DuplicateIds, dict]:
+                     resume: bool = True, cpus: float = 1, workers=None) -> tuple[DuplicateIds, dict]:
     """Run the pre-pass (or reuse the one complete for ``input_hash``); (DuplicateIds, summary).
     The summary is {ids, duplicates, wall_s, reused} (a few numbers). ``workers``: a pool
     (pipeline.pools) whose workers have ready / scan_file / bucket_duplicates / write_duplicates
