@@ -92,12 +92,8 @@ def load_fasttext(path: str):
     return _FastText(model_path=path)
 
 
-def normalize_for_fasttext(text: pa.ChunkedArray | pa.Array, max_chars: int | None = None) -> list[str]:
-    """What fastText's predict needs: one line per document. Vectorized in Arrow; nulls -> ""."""
-    return _normalized(text, max_chars).to_pylist()
-
-
 def _normalized(text: pa.ChunkedArray | pa.Array, max_chars: int | None = None) -> pa.Array:
+    """What fastText's predict needs: one line per document. Vectorized in Arrow; nulls -> ""."""
     arr = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
     arr = pc.fill_null(arr, "")
     arr = pc.replace_substring(arr, "\n", " ")
