@@ -51,20 +51,18 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     from pipeline.lock import output_lock
 
-    if _may_run_locally(args):
-        from pipeline.pools import start_server
+    from pipeline.pools import requested_executor, start_server
 
+    try:
+        local = requested_executor(args.executor, args.address) != "ray"  # may be (the executor decides)
+    except ValueError:
+        local = False  # the run itself reports it
+    if local:
         start_server(quiet=not args.verbose)  # its imports overlap with loading the recipe (pipeline.pools)
     loaded = _load(args)
     out = args.output or loaded.recipe.output
     with output_lock(out):  # one run per output dir, taken before anything is written there
         return _run_locked(args, loaded, out)
-
-
-def _may_run_locally(args) -> bool:
-    """Whether this run may use the local worker processes (the executor decides for sure)."""
-    want = args.executor or os.environ.get("GRISTMILL_EXECUTOR") or "auto"
-    return want != "ray" and not args.address and not os.environ.get("RAY_ADDRESS")
 
 
 def _run_locked(args, loaded, out) -> int:

@@ -35,7 +35,7 @@ from pipeline import dag
 from pipeline.dag import SOURCE
 from pipeline.io import (_parquet_file, file_keys, input_units, read_input, read_step_output, read_unit, text_bytes,
                          write_dataset)
-from pipeline.pools import LocalPool, RayPool, fetch, local_cpus
+from pipeline.pools import LocalPool, RayPool, fetch, local_cpus, requested_executor
 from pipeline.recipe import LoadedRecipe, expand_paths
 from pipeline.runtime import init_ray, ray_data
 from pipeline.shards import kept_refs, shard_count, summarize, table_bytes, write_empty, write_shard_refs
@@ -678,16 +678,9 @@ class Executor:
         GRISTMILL_LOCAL_MB (1024) on disk, no step asking for GPUs, and every segment a fused chain
         whose global step (if any) can run in memory. A global step whose input turns out larger
         than in_memory_bytes() switches the run to Ray there (its distributed plan)."""
-        want = (self.opt.executor or os.environ.get("GRISTMILL_EXECUTOR") or "auto").lower()
-        if want not in ("auto", "ray", "local"):
-            raise ValueError(f"executor {want!r} (--executor / GRISTMILL_EXECUTOR): expected auto, ray or local")
+        want = requested_executor(self.opt.executor, self.opt.address)
         if want != "auto":
-            if want == "local" and (self.opt.address or os.environ.get("RAY_ADDRESS")):
-                raise ValueError("executor local runs without Ray: it cannot join the cluster named by "
-                                 + ("--address" if self.opt.address else "RAY_ADDRESS"))
             return want
-        if self.opt.address or os.environ.get("RAY_ADDRESS"):
-            return "ray"
         if any(self.loaded.resources[s.id].num_gpus for s in self.steps):
             return "ray"
         limit = float(os.environ.get("GRISTMILL_LOCAL_MB", "1024")) * 2**20

