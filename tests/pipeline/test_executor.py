@@ -407,3 +407,18 @@ def test_the_terminal_shows_only_our_lines(tmp_path, corpus, executor):
     assert lines and all(line.startswith("[gristmill]") for line in lines), lines
     assert proc.stderr.startswith(f"[gristmill] log: {tmp_path / 'out-term' / 'gristmill.log'}")
     assert any("done in" in line for line in lines)
+
+
+def test_the_fork_server_ends_without_interpreter_teardown():
+    """The local pool's fork server imports pipeline._fork_server last: at exit it leaves at once
+    (os._exit), before the handlers and module teardown of what it preloaded, which would keep
+    the driver's stdout open ~0.2 s after the run (a shell pipe or capture_output waits for it)."""
+    from pipeline.pools import default_preload
+
+    assert default_preload()[-1] == "pipeline._fork_server"
+    code = ("import atexit; atexit.register(print, 'teardown ran', flush=True); import pipeline._fork_server; "
+            "print('main done', flush=True)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["main", "done"]
