@@ -160,8 +160,8 @@ _SERVER_STARTED = False
 def start_server(preload: list[str] | None = None, quiet: bool = False) -> None:
     """Start the fork server the local workers are forked from, once per driver process. It
     returns at once: the server imports `preload` (default: the engine and every built-in
-    operator module, with pandas: ~0.6 s on 2 cores) in the background, so `gristmill run` starts it before
-    loading the recipe and the two overlap. Forking from this clean, single-threaded server
+    operator module, with pandas: ~0.6 s on 2 cores) in the background, so `gristmill run` starts
+    it before loading the recipe and the two overlap. Forking from this clean, single-threaded server
     rather than from the driver itself: the driver may hold threads (pyarrow's, polars', a
     notebook's) that a fork would copy in a broken state. Modules not preloaded (a plugin's)
     import in each worker.

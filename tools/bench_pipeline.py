@@ -97,8 +97,8 @@ def warm_up(recipe_path: str, out: pathlib.Path, on: bool) -> None:
     """One untimed run of ours before the timed one (unless --no-warm-up). Measured here: after
     the machine has idled for a minute, the first run of anything CPU-heavy is ~15-20 % slower
     (the filters run: 4.0 s instead of 3.5 s, most of it in each worker's first file, with every
-    file read beforehand, so not the page cache; a pure-Python loop shows nothing). The peer's run comes after ours and finds the machine warm: this gives ours
-    the same."""
+    file read beforehand, so not the page cache; a pure-Python loop shows nothing). The peer's run
+    comes after ours and finds the machine warm: this gives ours the same."""
     if on:
         gristmill(recipe_path, out)
 
