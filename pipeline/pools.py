@@ -161,8 +161,8 @@ def start_server(preload: list[str] | None = None, quiet: bool = False) -> None:
     """Start the fork server the local workers are forked from, once per driver process. It
     returns at once: the server imports `preload` (default: the engine and every built-in
     operator module, with pandas: ~0.6 s on 2 cores) in the background, so `gristmill run` starts
-    it before loading the recipe and the two overlap. Forking from this clean, single-threaded server
-    rather than from the driver itself: the driver may hold threads (pyarrow's, polars', a
+    it before loading the recipe and the two overlap. Forking from this clean, single-threaded
+    server rather than from the driver itself: the driver may hold threads (pyarrow's, polars', a
     notebook's) that a fork would copy in a broken state. Modules not preloaded (a plugin's)
     import in each worker.
 
@@ -207,9 +207,10 @@ def default_preload() -> list[str]:
 
     mods = ["pipeline.executor"] + [f"operators.{m.name}" for m in pkgutil.iter_modules(operators.__path__)
                                     if not m.name.startswith("_") and m.name != "base"]
-    # imported later in every worker anyway (~0.15 s each): by pyarrow, on the first array it
-    # builds from Python objects
-    return mods + [m for m in ("pandas",) if importlib.util.find_spec(m) is not None] + ["pipeline._fork_server"]
+    # pandas: imported later in every worker anyway (~0.15 s each), by pyarrow on the first
+    # array it builds from Python objects; pipeline._fork_server last (its exit handler first)
+    pandas = ["pandas"] if importlib.util.find_spec("pandas") is not None else []
+    return mods + pandas + ["pipeline._fork_server"]
 
 
 _THREAD_VARS = ("POLARS_MAX_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
