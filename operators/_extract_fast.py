@@ -51,9 +51,17 @@ _S4_ID = re.compile(r"content-main|content-body|contentBody")
 _S4_CLASS = re.compile(r"content[-_]main|content(?:-|__)body")
 
 
+# superset of the stage tests below (any case): a div / section whose class and id hold none of
+# these, with no role or itemprop to test, is no candidate (most are not: one search, not five)
+_STAGE_ANY = re.compile(r"post|entry|article|content|body|stor|primary|main|text|cell", re.I)
+
+
 def _stage(tag: str, cls: str, id_: str, role: str, itemprop: str) -> int:
     """Best (lowest) BODY_XPATH stage this element matches, 9 if none."""
     if tag not in _CONTAINER_TAGS:
+        return 9
+    if (tag != "article" and tag != "main" and not role and not itemprop
+            and not _STAGE_ANY.search(cls + "\x00" + id_)):
         return 9
     if (cls == "post" or cls == "entry" or itemprop == "articleBody" or id_ == "articleContent"
             or (id_ and _S1_ID.search(id_)) or (cls and _S1_CLASS.search(cls))):
@@ -91,21 +99,23 @@ _ANY_ID = re.compile(r"hidden|reader-comments|akismet|^reply-|^(?:[Cc]omment(?!a
                      r"|^respond|[Tt]easer")
 
 
+# the class / id tests of a _DISCARD_TAGS element, each as one search instead of two
+_BP_CLASS = re.compile(f"{_ANY_CLASS.pattern}|{_DISCARD_CLASS.pattern}")
+_BP_ID = re.compile(f"{_ANY_ID.pattern}|{_DISCARD_ID.pattern}")
+
+
 def _boilerplate(tag: str, cls: str, id_: str, a: dict) -> bool:
-    if cls and _ANY_CLASS.search(cls):
+    discard_tag = tag in _DISCARD_TAGS
+    if cls and (_BP_CLASS if discard_tag else _ANY_CLASS).search(cls):
         return True
-    if id_ and _ANY_ID.search(id_):
+    if id_ and (_BP_ID if discard_tag else _ANY_ID).search(id_):
         return True
     style = a.get("style")
     if style and ("display:none" in style or "display: none" in style):
         return True
     if a.get("aria") == "true":
         return True
-    if tag in _DISCARD_TAGS:
-        if id_ and _DISCARD_ID.search(id_):
-            return True
-        if cls and _DISCARD_CLASS.search(cls):
-            return True
+    if discard_tag:
         first = id_ or cls
         if first and "cookie" in first:
             return True
