@@ -142,6 +142,11 @@ class SegmentWorker:
 
     hold = None  # what kept rows become before they are returned (a local pool spills them to a file)
 
+    def __init__(self) -> None:
+        from pipeline.runtime import keep_freed_memory
+
+        keep_freed_memory()  # a worker process's first batches as fast as its later ones
+
     def configure(self, steps: list[tuple], store_uri: str, source: dict) -> None:
         """Set up this segment's chain (operators load their models here). A run keeps its pool
         from segment to segment, so only the first segment pays for the worker processes."""
