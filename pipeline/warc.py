@@ -5,7 +5,7 @@ fastwarc parses each record (WARC headers, HTTP headers, transfer/content decodi
 its own silently drops a truncated last gzip member and raises mid-file on a corrupt member or a
 wrong Content-Length, losing every record after it. Here:
 
-- each gzip member is decompressed with ``zlib`` as the file streams in (bounded chunks, never
+- each gzip member is decompressed (ISA-L via ``isal``, else ``zlib``) as the file streams in (bounded chunks, never
   the whole file), so a truncated or corrupt member is reported with the file name and the byte
   offset of the member, every record before it is kept, and after a corrupt member reading
   resumes at the next gzip member;
@@ -27,6 +27,12 @@ import os
 import re
 import zlib
 from typing import Iterator
+
+try:  # ISA-L's inflate, zlib's API: ~2x the speed of zlib on crawl WARCs (0.24 -> 0.12 s CPU for
+    # the 16.7 MB web/pages-heavy.warc.gz); zlib where isal has no wheel
+    from isal import isal_zlib as _zlib
+except ImportError:  # pragma: no cover - isal is a dependency
+    _zlib = zlib
 
 import pyarrow as pa
 
@@ -75,7 +81,7 @@ class _Source:
         self.out = 0                 # decompressed bytes produced so far
         self.member_start = 0        # compressed offset of the current member
         self.members: list[tuple[int, int]] = [(0, 0)]  # (decompressed pos, compressed offset)
-        self.d = zlib.decompressobj(31) if self.gz else None
+        self.d = _zlib.decompressobj(31) if self.gz else None
         self.in_member = False
         self.done = False
 
@@ -143,11 +149,11 @@ class _Source:
                     self.members[-1] = (self.out, self.comp)
                 else:
                     self.members.append((self.out, self.comp))
-                self.d = zlib.decompressobj(31)
+                self.d = _zlib.decompressobj(31)
                 self.in_member = True
             try:
                 out = self.d.decompress(self.pending, MAX_OUT)
-            except zlib.error as e:
+            except _zlib.error as e:
                 bad = self.member_start
                 self.in_member = False
                 self._resync(bad + 1)
