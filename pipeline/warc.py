@@ -5,10 +5,10 @@ fastwarc parses each record (WARC headers, HTTP headers, transfer/content decodi
 its own silently drops a truncated last gzip member and raises mid-file on a corrupt member or a
 wrong Content-Length, losing every record after it. Here:
 
-- each gzip member is decompressed (ISA-L via ``isal``, else ``zlib``) as the file streams in (bounded chunks, never
-  the whole file), so a truncated or corrupt member is reported with the file name and the byte
-  offset of the member, every record before it is kept, and after a corrupt member reading
-  resumes at the next gzip member;
+- each gzip member is decompressed (ISA-L's ``isal``, else ``zlib``) as the file streams in
+  (bounded chunks, never the whole file), so a truncated or corrupt member is reported with the
+  file name and the byte offset of the member, every record before it is kept, and after a
+  corrupt member reading resumes at the next gzip member;
 - every record's Content-Length is checked against its data: the block must be followed by the
   CRLF separator and then the next ``WARC/`` header (or the end of the file); if not, the record
   is quarantined and reading resynchronises at the next ``WARC/`` header line;
