@@ -14,8 +14,9 @@ untimed run of ours that warms the machine: see warm_up).
 
 Corpora: the scale corpus from ../shared/data/make_scale_corpus.py (written once under --tmp,
 in shards of --docs-per-shard so that both sides can split the work over their workers) and
-../shared/data/web/pages.warc.gz copied --repeat times. Each line reports the load average
-before and after, because the machine may be shared: compare ratios, not seconds.
+the 990 pages of ../shared/data/web (pages.warc.gz and pages-heavy.warc.gz, the 311 over 150 KB)
+copied --repeat times, read with the recipe's default batch_rows. Each line reports the load
+average before and after, because the machine may be shared: compare ratios, not seconds.
 """
 from __future__ import annotations
 
@@ -58,12 +59,15 @@ def scale_corpus(tmp: pathlib.Path, docs: int, per_shard: int) -> pathlib.Path:
 
 
 def web_copies(tmp: pathlib.Path, repeat: int) -> pathlib.Path:
-    out = tmp / f"web-x{repeat}"
+    """Every WARC file of ../shared/data/web (the 990 pages: 679 light, 311 heavy), `repeat`
+    times. (Until 2026-12-07 this copied only pages.warc.gz: 2,716 of the 3,960 pages.)"""
+    out = tmp / f"web-all-x{repeat}"
     out.mkdir(parents=True, exist_ok=True)
-    for k in range(repeat):
-        dst = out / f"pages-{k}.warc.gz"
-        if not dst.exists():
-            shutil.copy(DATA / "web" / "pages.warc.gz", dst)
+    for src in sorted((DATA / "web").glob("*.warc.gz")):
+        for k in range(repeat):
+            dst = out / f"{src.name.removesuffix('.warc.gz')}-{k}.warc.gz"
+            if not dst.exists():
+                shutil.copy(src, dst)
     return out
 
 
@@ -255,8 +259,7 @@ def report_warm(res: dict, warm: float | None, peer_wall: float, on_ray: float |
 
 def bench_front(tmp: pathlib.Path, a) -> dict:
     src = web_copies(tmp, a.repeat)
-    r = recipe(tmp, "front", "warc", f"{src}/*.warc.gz", ["extract:html_extract", "lang:language_id"] + FILTERS,
-               batch_rows=256)
+    r = recipe(tmp, "front", "warc", f"{src}/*.warc.gz", ["extract:html_extract", "lang:language_id"] + FILTERS)
     warm_up(r, tmp / "out-front", a.warm_up)
     before = load()
     ours, stats = gristmill(r, tmp / "out-front")
@@ -273,8 +276,7 @@ def bench_front(tmp: pathlib.Path, a) -> dict:
 
 def bench_workers(tmp: pathlib.Path, a) -> dict:
     src = web_copies(tmp, a.repeat)
-    r = recipe(tmp, "front", "warc", f"{src}/*.warc.gz", ["extract:html_extract", "lang:language_id"] + FILTERS,
-               batch_rows=256)
+    r = recipe(tmp, "front", "warc", f"{src}/*.warc.gz", ["extract:html_extract", "lang:language_id"] + FILTERS)
     warm_up(r, tmp / "out-w1", a.warm_up)
     before = load()
     one, s1 = gristmill(r, tmp / "out-w1", workers=1)
