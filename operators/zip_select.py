@@ -361,7 +361,7 @@ def _mark(batch: pa.Table, chosen: pa.Table) -> pa.Table:
 def _mark_broadcast(batch: pa.Table, refs) -> pa.Table:
     import ray
 
-    return _mark(batch, pa.concat_tables(ray.get(list(refs))) if refs else _EMPTY_CHOSEN)
+    return _mark(batch, pa.concat_tables(ray.get(list(refs))) if refs else _CHOSEN_SCHEMA.empty_table())
 
 
 def _mark_joined(batch: pa.Table) -> pa.Table:
@@ -371,7 +371,9 @@ def _mark_joined(batch: pa.Table) -> pa.Table:
 
 # from a schema: pa.array() over a Python list imports pandas (~0.2 s), and this module is
 # imported by every process that loads the operator registry
-_EMPTY_CHOSEN = pa.schema([("id", pa.string()), ("zip_rank", pa.int64()), ("zip_ratio", pa.float64())]).empty_table()
+# a schema, not an empty table: building a table at import makes pyarrow import pandas (~0.25 s),
+# and `gristmill run` imports every operator module to check a recipe
+_CHOSEN_SCHEMA = pa.schema([("id", pa.string()), ("zip_rank", pa.int64()), ("zip_ratio", pa.float64())])
 
 
 @register
@@ -400,7 +402,7 @@ class ZipSelect(Operator):
         prepared = _prepare(table, self.params)
         chosen = [_select_table(prepared.filter(pc.equal(prepared.column(GROUP), g)), self.params)
                   for g in sorted(set(prepared.column(GROUP).to_pylist()))]
-        return _mark(table, pa.concat_tables([_EMPTY_CHOSEN, *chosen]))
+        return _mark(table, pa.concat_tables([_CHOSEN_SCHEMA.empty_table(), *chosen]))
 
     def _layout(self, ds, ctx) -> tuple[int, int]:
         """(shuffle partitions, stage-1 scoring tasks per group). Partitions: one per ~64 MB of
