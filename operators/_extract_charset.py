@@ -37,6 +37,9 @@ def normalize_charset(name: str | None) -> str | None:
         return None
 
 
+_CONTROL_BYTES = bytes([0, 1, 2, 3, 4, 5, 6, 7, 8, *range(14, 32)])  # C0 but tab, LF, VT, FF, CR
+
+
 def sniff_not_html(data: bytes, content_type: str | None = None) -> str | None:
     """A short reason when ``data`` is clearly not an HTML document, else None."""
     head = data[:1024]
@@ -49,8 +52,7 @@ def sniff_not_html(data: bytes, content_type: str | None = None) -> str | None:
     # many control bytes (NUL and C0 except tab / newline / carriage return / form feed): binary
     sample = data[:4096]
     if sample and not any(sample.startswith(b) for b, _ in _BOMS[1:]):
-        ctrl = sum(sample.count(bytes([c])) for c in (0, 1, 2, 3, 4, 5, 6, 7, 8, 14, 15, 16, 17, 18, 19, 20,
-                                                        21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31))
+        ctrl = len(sample) - len(sample.translate(None, _CONTROL_BYTES))  # one pass, not 27 counts
         if ctrl > len(sample) // 20:
             return "binary_payload"
     lower = data[:65536].lower()
