@@ -10,6 +10,7 @@ untimed run of ours that warms the machine: see warm_up).
     python tools/bench_pipeline.py filters --warm-ray     # also: joining a Ray head started beforehand
     python tools/bench_pipeline.py front --ray            # also: the same run with --executor ray
     python tools/bench_pipeline.py wordsetup --langs en,fr  # word splitter set-up per language, CPU s
+    python tools/bench_pipeline.py perfile               # CPU per front operator per file, cold and warm
     python tools/bench_pipeline.py all
 
 Corpora: the scale corpus from ../shared/data/make_scale_corpus.py (written once under --tmp,
@@ -331,8 +332,57 @@ def bench_wordsetup(tmp: pathlib.Path, a) -> dict:
     return out
 
 
+PER_FILE = """import os, sys, time
+os.environ["POLARS_MAX_THREADS"] = "1"  # as in a worker (pipeline.pools)
+import pyarrow.compute as pc
+from operators.base import load_operators
+from pipeline.executor import SegmentWorker
+from pipeline.io import read_file_batches
+SegmentWorker()  # what a worker process sets up for itself (malloc settings)
+ops = load_operators()
+names = ["html_extract", "language_id", "gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality"]
+steps = [ops[n]() for n in names]
+for op in steps:
+    op.ensure_setup()
+for path in sys.argv[1:]:
+    cpu = dict.fromkeys(["read"] + names, 0.0)
+    t = time.process_time()
+    for batch in read_file_batches(path, "k", "warc", 1024):
+        cpu["read"] += time.process_time() - t
+        for name, op in zip(names, steps):
+            t = time.process_time()
+            batch = op(batch)
+            if "drop_reason" in batch.column_names:  # rejected rows leave, as the engine routes them
+                batch = batch.filter(pc.is_null(batch.column("drop_reason"))).drop_columns(["drop_reason"])
+            cpu[name] += time.process_time() - t
+        t = time.process_time()
+    print(os.path.basename(path), " ".join(f"{k}={v:.2f}" for k, v in cpu.items()), f"sum={sum(cpu.values()):.2f}",
+          flush=True)
+"""
+
+
+def bench_perfile(tmp: pathlib.Path, a) -> dict:
+    """CPU seconds of each front operator on each file one worker of `front` meets with 2 workers
+    (a light and a heavy copy, each first cold then warm), in one fresh process: where a worker's
+    time goes, and what a file costs the first time a process meets its pages."""
+    src = web_copies(tmp, max(a.repeat, 3))
+    files = [str(src / f"{name}-{k}.warc.gz") for name in ("pages", "pages-heavy") for k in (0, 2)]
+    before = load()
+    proc = subprocess.run([PY, "-c", PER_FILE, *files], cwd=ROOT, capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    rows = {}
+    for line in proc.stdout.split("\n"):
+        if line.strip():
+            name, *fields = line.split()
+            rows[name] = {k: float(v) for k, v in (f.split("=") for f in fields)}
+            print(f"perfile      {name:24s} " + " ".join(fields), flush=True)
+    print(f"perfile      load {before} -> {load()}", flush=True)
+    return {"bench": "perfile", "files": rows}
+
+
 BENCHES = {"quickstart": bench_quickstart, "passthrough": bench_passthrough, "filters": bench_filters,
-           "front": bench_front, "workers": bench_workers, "wordsetup": bench_wordsetup}
+           "front": bench_front, "workers": bench_workers, "wordsetup": bench_wordsetup,
+           "perfile": bench_perfile}
 
 
 def main(argv: list[str] | None = None) -> int:
