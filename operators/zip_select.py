@@ -369,10 +369,9 @@ def _mark_joined(batch: pa.Table) -> pa.Table:
     return _mark(batch.drop_columns(["zip_rank", "zip_ratio"]), chosen)
 
 
-# from a schema: pa.array() over a Python list imports pandas (~0.2 s), and this module is
-# imported by every process that loads the operator registry
-# a schema, not an empty table: building a table at import makes pyarrow import pandas (~0.25 s),
-# and `gristmill run` imports every operator module to check a recipe
+# a schema, not an empty table: building any table at import makes pyarrow import pandas
+# (~0.25 s), and every process that loads the operator registry imports this module (the
+# driver, to check a recipe: tests/pipeline/test_executor.py)
 _CHOSEN_SCHEMA = pa.schema([("id", pa.string()), ("zip_rank", pa.int64()), ("zip_ratio", pa.float64())])
 
 

@@ -28,13 +28,13 @@ import re
 import zlib
 from typing import Iterator
 
+import pyarrow as pa
+
 try:  # ISA-L's inflate, zlib's API: ~2x the speed of zlib on crawl WARCs (0.24 -> 0.12 s CPU for
     # the 16.7 MB web/pages-heavy.warc.gz); zlib where isal has no wheel
     from isal import isal_zlib as _zlib
 except ImportError:  # pragma: no cover - isal is a dependency
     _zlib = zlib
-
-import pyarrow as pa
 
 log = logging.getLogger("gristmill.warc")
 
