@@ -35,6 +35,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 PY = sys.executable
 FILTERS = ["gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality"]
+FRONT = ["extract:html_extract", "lang:language_id"] + FILTERS  # the steps of front, workers and perfile
 
 
 def load() -> str:
@@ -260,7 +261,7 @@ def report_warm(res: dict, warm: float | None, peer_wall: float, on_ray: float |
 
 def bench_front(tmp: pathlib.Path, a) -> dict:
     src = web_copies(tmp, a.repeat)
-    r = recipe(tmp, "front", "warc", f"{src}/*.warc.gz", ["extract:html_extract", "lang:language_id"] + FILTERS)
+    r = recipe(tmp, "front", "warc", f"{src}/*.warc.gz", FRONT)
     warm_up(r, tmp / "out-front", a.warm_up)
     before = load()
     ours, stats = gristmill(r, tmp / "out-front")
@@ -277,7 +278,7 @@ def bench_front(tmp: pathlib.Path, a) -> dict:
 
 def bench_workers(tmp: pathlib.Path, a) -> dict:
     src = web_copies(tmp, a.repeat)
-    r = recipe(tmp, "front", "warc", f"{src}/*.warc.gz", ["extract:html_extract", "lang:language_id"] + FILTERS)
+    r = recipe(tmp, "front", "warc", f"{src}/*.warc.gz", FRONT)
     warm_up(r, tmp / "out-w1", a.warm_up)
     before = load()
     one, s1 = gristmill(r, tmp / "out-w1", workers=1)
@@ -335,16 +336,16 @@ def bench_wordsetup(tmp: pathlib.Path, a) -> dict:
 PER_FILE = """import os, sys, time
 os.environ["POLARS_MAX_THREADS"] = "1"  # as in a worker (pipeline.pools)
 import pyarrow.compute as pc
-from operators.base import load_operators
+from operators.base import DROP_REASON, load_operators
 from pipeline.executor import SegmentWorker
 from pipeline.io import read_file_batches
 SegmentWorker()  # what a worker process sets up for itself (malloc settings)
 ops = load_operators()
-names = ["html_extract", "language_id", "gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality"]
+names = sys.argv[1].split(",")
 steps = [ops[n]() for n in names]
 for op in steps:
     op.ensure_setup()
-for path in sys.argv[1:]:
+for path in sys.argv[2:]:
     cpu = dict.fromkeys(["read"] + names, 0.0)
     t = time.process_time()
     for batch in read_file_batches(path, "k", "warc", 1024):
@@ -352,8 +353,8 @@ for path in sys.argv[1:]:
         for name, op in zip(names, steps):
             t = time.process_time()
             batch = op(batch)
-            if "drop_reason" in batch.column_names:  # rejected rows leave, as the engine routes them
-                batch = batch.filter(pc.is_null(batch.column("drop_reason"))).drop_columns(["drop_reason"])
+            if DROP_REASON in batch.column_names:  # rejected rows leave, as the engine routes them
+                batch = batch.filter(pc.is_null(batch.column(DROP_REASON))).drop_columns([DROP_REASON])
             cpu[name] += time.process_time() - t
         t = time.process_time()
     print(os.path.basename(path), " ".join(f"{k}={v:.2f}" for k, v in cpu.items()), f"sum={sum(cpu.values()):.2f}",
@@ -368,7 +369,8 @@ def bench_perfile(tmp: pathlib.Path, a) -> dict:
     src = web_copies(tmp, max(a.repeat, 3))
     files = [str(src / f"{name}-{k}.warc.gz") for name in ("pages", "pages-heavy") for k in (0, 2)]
     before = load()
-    proc = subprocess.run([PY, "-c", PER_FILE, *files], cwd=ROOT, capture_output=True, text=True, check=True,
+    ops = ",".join(step.split(":")[-1] for step in FRONT)
+    proc = subprocess.run([PY, "-c", PER_FILE, ops, *files], cwd=ROOT, capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     rows = {}
     for line in proc.stdout.split("\n"):
